@@ -1,0 +1,66 @@
+//! The `triad` command line: one binary for the controller, the agent runtime and the
+//! user-facing commands.
+
+mod controller;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "triad",
+    version,
+    about = "Reliable background work on Kubernetes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator's roles (scheduler, pools, supervisor).
+    Controller(controller::ControllerArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Controller(args) => controller::run(args).await,
+            Command::Crds => {
+                print!("{}", crate::api::crds_yaml()?);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `TRIAD_LOG_FORMAT=json`
+/// switches to JSON lines for log collectors.
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("TRIAD_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves when the process gets SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        // Without a SIGTERM handler only Ctrl-C can stop us; wait for that.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

@@ -1,0 +1,12 @@
+//! Triad: Scheduler–Agent–Supervisor for reliable background work on Kubernetes.
+//!
+//! `api` holds the resource types; `cli` the subcommands; `serve` and `metrics` the
+//! endpoints every process exposes.
+
+pub mod api;
+pub mod cli;
+pub mod error;
+pub mod metrics;
+pub mod serve;
+
+pub use error::{Error, Result};
