@@ -1,0 +1,4 @@
+//! Integration tests against the real local control plane (see `support`).
+
+mod api;
+mod support;

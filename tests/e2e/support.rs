@@ -1,0 +1,167 @@
+//! Integration-test harness: one real local control plane per test run, the CRDs
+//! installed once, and a fresh namespace per test.
+//!
+//! `make test` starts the cluster and passes its kubeconfig in `TRIAD_TEST_KUBECONFIG`;
+//! run alone (`cargo test --test e2e`), the harness starts (or reuses) the cluster named
+//! `test` with `hack/cluster.sh`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use tokio::sync::OnceCell;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the test cluster's kubeconfig, starting the cluster if needed.
+pub fn kubeconfig_path() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Ok(p) = std::env::var("TRIAD_TEST_KUBECONFIG") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new(repo_root().join("hack/cluster.sh"))
+            .args(["up", "test"])
+            .output()
+            .expect("run hack/cluster.sh");
+        assert!(
+            out.status.success(),
+            "hack/cluster.sh up test failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+            .expect("cluster.sh prints export KUBECONFIG=<path> last");
+        PathBuf::from(line.trim())
+    })
+}
+
+async fn make_client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is valid");
+    Client::try_from(config).expect("client")
+}
+
+/// An admin client; the CRDs are installed (server-side apply) before it is returned.
+pub async fn client() -> Client {
+    static CRDS: OnceCell<()> = OnceCell::const_new();
+    let client = make_client().await;
+    CRDS.get_or_init(|| async {
+        let crds: Api<CustomResourceDefinition> = Api::all(make_client().await);
+        for crd in triad::api::crds() {
+            let name = crd.metadata.name.clone().expect("crd name");
+            crds.patch(
+                &name,
+                &PatchParams::apply("triad-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .expect("apply crd");
+            wait_for(
+                Duration::from_secs(30),
+                &format!("crd {name} established"),
+                || {
+                    let crds = crds.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = crds.get(&name).await.ok()?;
+                        let established = crd
+                            .status?
+                            .conditions?
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True");
+                        established.then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+    })
+    .await;
+    client
+}
+
+/// A namespace for one test, deleted when dropped (also when the test fails).
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        let suffix: u32 = rand::random::<u32>() % 1_000_000;
+        let name = format!("t-{prefix}-{suffix:06}");
+        let ns: Api<Namespace> = Api::all(client.clone());
+        let body: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"triad.dev/test": "true"}}
+        }))
+        .expect("namespace");
+        ns.create(&PostParams::default(), &body)
+            .await
+            .expect("create namespace");
+        Self { name, client }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Runs kubectl against the test cluster in this namespace.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        kubectl(&[&["-n", &self.name], args].concat())
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var("TRIAD_KEEP_NAMESPACES").is_ok() {
+            return;
+        }
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    let kubectl = std::env::var("TRIAD_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    Command::new(kubectl)
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run kubectl (is the control plane's bin dir on PATH? make test sets it)")
+}
+
+/// Polls `check` until it returns Some or the deadline passes (then panics naming `what`).
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
