@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod core;
 pub mod error;
+pub mod k8s;
 pub mod metrics;
 pub mod serve;
 

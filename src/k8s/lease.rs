@@ -1,0 +1,245 @@
+//! Leases: the agent heartbeat and per-role leader election share this module because
+//! both are "hold a `coordination.k8s.io` Lease and renew it before it expires".
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use kube::Api;
+use kube::api::{Patch, PostParams};
+use serde_json::json;
+
+use super::{is_conflict, is_not_found, patch_params};
+
+fn micro_now() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
+
+/// An agent's heartbeat Lease, owned by its pod so it disappears with it.
+pub struct AgentLease {
+    api: Api<Lease>,
+    pub name: String,
+    holder: String,
+    duration: Duration,
+}
+
+impl AgentLease {
+    /// Creates (or takes over) the Lease `triad-agent-<agent>`.
+    pub async fn acquire(
+        api: Api<Lease>,
+        agent: &str,
+        owner: Option<OwnerReference>,
+        duration: Duration,
+    ) -> crate::Result<Self> {
+        let name = format!("triad-agent-{agent}");
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                owner_references: owner.map(|o| vec![o]),
+                labels: Some([("app.kubernetes.io/component".to_owned(), "triad-agent".to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(agent.to_owned()),
+                lease_duration_seconds: Some(duration.as_secs().max(1) as i32),
+                acquire_time: Some(micro_now()),
+                renew_time: Some(micro_now()),
+                ..Default::default()
+            }),
+        };
+        match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => {}
+            Err(e) if is_conflict(&e) => {
+                // Same pod name restarted in place: take the lease over.
+                let body = json!({"spec": {"holderIdentity": agent, "renewTime": micro_now(),
+                    "leaseDurationSeconds": duration.as_secs().max(1)}});
+                api.patch(&name, &patch_params(super::managers::AGENT), &Patch::Merge(&body)).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Self { api, name, holder: agent.to_owned(), duration })
+    }
+
+    /// One renewal: one small write per agent, not per item.
+    pub async fn renew(&self) -> crate::Result<()> {
+        let body = json!({"spec": {"renewTime": micro_now(), "holderIdentity": self.holder}});
+        self.api.patch(&self.name, &patch_params(super::managers::AGENT), &Patch::Merge(&body)).await?;
+        Ok(())
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Renew at a third of the duration so two renewals can fail before it lapses.
+    pub fn renew_interval(&self) -> Duration {
+        self.duration / 3
+    }
+}
+
+/// Leader election for one role: a Lease `triad-<role>` whose holder is this pod.
+///
+/// Acquisition and renewal are updates with the observed resourceVersion, so two
+/// candidates can never both believe they won.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+pub enum LeaderState {
+    Leading,
+    Following { holder: Option<String> },
+}
+
+impl LeaderElector {
+    pub fn new(api: Api<Lease>, role: &str, identity: &str, duration: Duration) -> Self {
+        Self { api, name: format!("triad-{role}"), identity: identity.to_owned(), duration }
+    }
+
+    pub fn lease_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Tries to acquire or renew. Errors other than losing a race are returned so the
+    /// caller can count them against its renew deadline.
+    pub async fn try_acquire_or_renew(&self) -> crate::Result<LeaderState> {
+        let now = jiff::Timestamp::now();
+        let existing = match self.api.get(&self.name).await {
+            Ok(l) => Some(l),
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(mut lease) = existing else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                spec: Some(self.spec(None, true)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(LeaderState::Leading),
+                Err(e) if is_conflict(&e) => Ok(LeaderState::Following { holder: None }),
+                Err(e) => Err(e.into()),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone();
+        let ours = holder.as_deref() == Some(self.identity.as_str());
+        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+            (Some(MicroTime(renewed)), Some(secs)) => {
+                now.duration_since(*renewed).as_secs_f64() > f64::from(secs)
+            }
+            _ => true,
+        };
+        if !ours && !expired && holder.is_some() {
+            return Ok(LeaderState::Following { holder });
+        }
+        lease.spec = Some(self.spec(Some(&spec), !ours));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(LeaderState::Leading),
+            Err(e) if is_conflict(&e) => Ok(LeaderState::Following { holder }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn spec(&self, old: Option<&LeaseSpec>, acquiring: bool) -> LeaseSpec {
+        let transitions = old.and_then(|s| s.lease_transitions).unwrap_or(0);
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            acquire_time: if acquiring { Some(micro_now()) } else { old.and_then(|s| s.acquire_time.clone()) },
+            renew_time: Some(micro_now()),
+            lease_transitions: Some(if acquiring && old.is_some() { transitions + 1 } else { transitions }),
+            ..Default::default()
+        }
+    }
+
+    /// Gives the lease up on shutdown so a standby takes over at once.
+    pub async fn release(&self) {
+        let body = json!({"spec": {"holderIdentity": null, "renewTime": null}});
+        let _ = self.api.patch(&self.name, &patch_params("triad-leader"), &Patch::Merge(&body)).await;
+    }
+}
+
+/// What a role checks before it writes: "am I the leader right now?". Watches and
+/// caches run on standbys too, so a failover starts warm.
+#[derive(Clone)]
+pub struct LeaderGate {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl LeaderGate {
+    /// A gate that is always open: for tests and single-replica runs without election.
+    pub fn always() -> Self {
+        // With the sender gone the receiver keeps reporting the last value: open.
+        let (_, rx) = tokio::sync::watch::channel(true);
+        Self { rx }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once this process leads.
+    pub async fn wait_leading(&mut self) {
+        while !*self.rx.borrow_and_update() {
+            if self.rx.changed().await.is_err() {
+                // The election ended without leading; the process is shutting down.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Runs the election for one role forever. Returns an error when leadership was lost
+/// (the renew deadline passed): the caller exits the process, as controller-runtime
+/// does, so a fresh start rejoins cleanly instead of acting on a stale belief.
+pub async fn run_election(elector: LeaderElector, on_change: impl Fn(bool) + Send + 'static) -> (LeaderGate, tokio::task::JoinHandle<crate::Result<()>>) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let retry = elector.duration() / 4;
+        let renew_deadline = elector.duration() * 2 / 3;
+        let mut last_renewed: Option<tokio::time::Instant> = None;
+        loop {
+            match elector.try_acquire_or_renew().await {
+                Ok(LeaderState::Leading) => {
+                    if last_renewed.is_none() {
+                        tracing::info!(lease = elector.lease_name(), "became leader");
+                        on_change(true);
+                    }
+                    last_renewed = Some(tokio::time::Instant::now());
+                    let _ = tx.send(true);
+                }
+                Ok(LeaderState::Following { holder }) => {
+                    if last_renewed.is_some() {
+                        on_change(false);
+                        let _ = tx.send(false);
+                        return Err(crate::Error::Invalid(format!(
+                            "lost leadership of {} to {holder:?}",
+                            elector.lease_name()
+                        )));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, lease = elector.lease_name(), "leader election request failed");
+                    if let Some(at) = last_renewed {
+                        if at.elapsed() > renew_deadline {
+                            on_change(false);
+                            let _ = tx.send(false);
+                            return Err(crate::Error::Invalid(format!(
+                                "could not renew {} within {renew_deadline:?}",
+                                elector.lease_name()
+                            )));
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(retry).await;
+        }
+    });
+    (LeaderGate { rx }, task)
+}
