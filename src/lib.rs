@@ -3,12 +3,16 @@
 //! `api` holds the resource types; `cli` the subcommands; `serve` and `metrics` the
 //! endpoints every process exposes.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod core;
 pub mod error;
 pub mod k8s;
 pub mod metrics;
+pub mod pool;
+pub mod scheduler;
 pub mod serve;
+pub mod supervisor;
 
 pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! The `triad` command line: one binary for the controller, the agent runtime and the
 //! user-facing commands.
 
+mod agent;
 mod controller;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -21,14 +23,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator's roles (scheduler, pools, supervisor).
     Controller(controller::ControllerArgs),
+    /// Run inside an agent pod: claim items from the pool's queues and run the work command.
+    Agent(agent::AgentArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// A work command that simulates an AI agent from its payload (for demos and tests).
+    Simulate(simulate::SimulateArgs),
 }
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Controller(args) => controller::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
             Command::Crds => {
                 print!("{}", crate::api::crds_yaml()?);
                 Ok(())

@@ -1,0 +1,1 @@
+//! The agent runtime (`triad agent -- <work command…>`).
