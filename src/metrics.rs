@@ -104,3 +104,16 @@ pub fn new_registry() -> Registry {
 }
 
 pub type SharedRegistry = Arc<Registry>;
+
+impl ControllerMetrics {
+    /// Unregistered families, replaced by the process's shared ones at startup.
+    pub fn placeholder() -> Self {
+        Self {
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            reconcile_errors: Family::default(),
+            leader: Family::default(),
+        }
+    }
+}

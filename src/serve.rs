@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 pub struct State {
     ready: Arc<AtomicBool>,
     registry: Arc<std::sync::RwLock<Registry>>,
+    controller: Arc<std::sync::OnceLock<crate::metrics::ControllerMetrics>>,
 }
 
 impl Default for State {
@@ -31,6 +32,7 @@ impl State {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(std::sync::RwLock::new(crate::metrics::new_registry())),
+            controller: Arc::default(),
         }
     }
 
@@ -45,6 +47,14 @@ impl State {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
+    }
+
+    /// The per-controller metrics shared by every role of this process, registered on
+    /// first use.
+    pub fn controller_metrics(&self) -> crate::metrics::ControllerMetrics {
+        self.controller
+            .get_or_init(|| self.with_registry(crate::metrics::ControllerMetrics::register))
+            .clone()
     }
 
     pub fn encode_metrics(&self) -> String {

@@ -8,13 +8,18 @@ use tracing::{error, info};
 
 use crate::k8s::RoleContext;
 use crate::k8s::lease::{LeaderElector, LeaderGate, run_election};
-use crate::metrics::{ControllerMetrics, RoleLabels};
+use crate::metrics::RoleLabels;
 use crate::serve;
 
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
     /// Roles this process runs, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "scheduler,pools,supervisor", env = "TRIAD_ROLES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "scheduler,pools,supervisor",
+        env = "TRIAD_ROLES"
+    )]
     pub roles: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "TRIAD_METRICS_ADDR")]
@@ -40,11 +45,14 @@ const ROLES: [&str; 3] = ["scheduler", "pools", "supervisor"];
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     for role in &args.roles {
-        anyhow::ensure!(ROLES.contains(&role.as_str()), "unknown role {role:?}: choose from {ROLES:?}");
+        anyhow::ensure!(
+            ROLES.contains(&role.as_str()),
+            "unknown role {role:?}: choose from {ROLES:?}"
+        );
     }
     let client = crate::k8s::client::client().await?;
     let state = serve::State::new();
-    let metrics = state.with_registry(ControllerMetrics::register);
+    let metrics = state.controller_metrics();
     let server = serve::spawn(args.metrics_addr, state.clone()).await?;
     info!(roles = ?args.roles, addr = %server.local_addr, "triad controller starting");
 
@@ -52,9 +60,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     for role in args.roles.clone() {
         let gate = if args.leader_elect {
             let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
-            let elector =
-                LeaderElector::new(leases, &role, &args.identity, Duration::from_secs(args.leader_lease_seconds));
-            let leader = metrics.leader.get_or_create(&RoleLabels { role: role.clone() }).clone();
+            let elector = LeaderElector::new(
+                leases,
+                &role,
+                &args.identity,
+                Duration::from_secs(args.leader_lease_seconds),
+            );
+            let leader = metrics
+                .leader
+                .get_or_create(&RoleLabels { role: role.clone() })
+                .clone();
             let (gate, election) = run_election(elector, move |leading| {
                 leader.set(i64::from(leading));
             })
@@ -69,10 +84,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             });
             gate
         } else {
-            metrics.leader.get_or_create(&RoleLabels { role: role.clone() }).set(1);
+            metrics
+                .leader
+                .get_or_create(&RoleLabels { role: role.clone() })
+                .set(1);
             LeaderGate::always()
         };
-        let ctx = RoleContext { client: client.clone(), leader: gate, serve: state.clone(), namespace: args.namespace.clone() };
+        let ctx = RoleContext {
+            client: client.clone(),
+            leader: gate,
+            serve: state.clone(),
+            namespace: args.namespace.clone(),
+        };
         tasks.spawn(async move {
             let result = match role.as_str() {
                 "scheduler" => crate::scheduler::run(ctx).await,

@@ -1,7 +1,8 @@
 use std::path::Path;
 
 use kube::config::{
-    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+    AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
+    NamedContext,
 };
 use kube::{Client, Config};
 
@@ -14,9 +15,9 @@ use kube::{Client, Config};
 pub async fn client() -> crate::Result<Client> {
     let config = match std::env::var_os("TRIAD_SERVICEACCOUNT_DIR") {
         Some(dir) => service_account_dir_config(Path::new(&dir)).await?,
-        None => Config::infer()
-            .await
-            .map_err(|e| crate::Error::Invalid(format!("no Kubernetes configuration found: {e}")))?,
+        None => Config::infer().await.map_err(|e| {
+            crate::Error::Invalid(format!("no Kubernetes configuration found: {e}"))
+        })?,
     };
     Ok(Client::try_from(config)?)
 }
@@ -25,7 +26,9 @@ async fn service_account_dir_config(dir: &Path) -> crate::Result<Config> {
     let host = std::env::var("KUBERNETES_SERVICE_HOST")
         .map_err(|_| crate::Error::Invalid("KUBERNETES_SERVICE_HOST is not set".into()))?;
     let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-    let namespace = std::fs::read_to_string(dir.join("namespace")).ok().map(|s| s.trim().to_owned());
+    let namespace = std::fs::read_to_string(dir.join("namespace"))
+        .ok()
+        .map(|s| s.trim().to_owned());
     let kubeconfig = Kubeconfig {
         clusters: vec![NamedCluster {
             name: "incluster".into(),

@@ -9,7 +9,9 @@
 //!   (a fence-out raised the epoch, or the item finished) the whole patch is refused, so
 //!   a stale agent can never complete or corrupt an item.
 
-use json_patch::{AddOperation, Patch as JsonPatch, PatchOperation, TestOperation, jsonptr::PointerBuf};
+use json_patch::{
+    AddOperation, Patch as JsonPatch, PatchOperation, TestOperation, jsonptr::PointerBuf,
+};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -36,7 +38,10 @@ pub struct Fence {
 impl Fence {
     pub fn of(item: &WorkItem) -> Option<Fence> {
         let claim = item.status.as_ref()?.claim.as_ref()?;
-        Some(Fence { agent: claim.agent.clone(), epoch: claim.epoch })
+        Some(Fence {
+            agent: claim.agent.clone(),
+            epoch: claim.epoch,
+        })
     }
 }
 
@@ -65,9 +70,17 @@ pub enum FenceError {
 
 /// Claims `item` at the resourceVersion it was seen with: epoch + 1, attempt + 1,
 /// phase Running; per-attempt fields from the previous attempt are cleared.
-pub async fn claim(api: &Api<WorkItem>, item: &WorkItem, who: &AgentIdentity) -> Result<WorkItem, ClaimError> {
+pub async fn claim(
+    api: &Api<WorkItem>,
+    item: &WorkItem,
+    who: &AgentIdentity,
+) -> Result<WorkItem, ClaimError> {
     let name = item.metadata.name.as_deref().ok_or(ClaimError::NotFound)?;
-    let rv = item.metadata.resource_version.as_deref().ok_or(ClaimError::Conflict)?;
+    let rv = item
+        .metadata
+        .resource_version
+        .as_deref()
+        .ok_or(ClaimError::Conflict)?;
     let status = item.status.clone().unwrap_or_default();
     let now = super::now();
     let claim = Claim {
@@ -93,11 +106,13 @@ pub async fn claim(api: &Api<WorkItem>, item: &WorkItem, who: &AgentIdentity) ->
             "finishedAt": null,
         }
     });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
-        kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
-        other => ClaimError::Api(other),
-    })
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
+            kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
+            other => ClaimError::Api(other),
+        })
 }
 
 fn pointer(path: &str) -> PointerBuf {
@@ -108,15 +123,27 @@ fn pointer(path: &str) -> PointerBuf {
 /// `test` operations that hold only while `fence` is the item's current, running claim.
 pub fn fence_tests(fence: &Fence) -> Vec<PatchOperation> {
     vec![
-        PatchOperation::Test(TestOperation { path: pointer("/status/claim/agent"), value: json!(fence.agent) }),
-        PatchOperation::Test(TestOperation { path: pointer("/status/claim/epoch"), value: json!(fence.epoch) }),
-        PatchOperation::Test(TestOperation { path: pointer("/status/phase"), value: json!(Phase::Running) }),
+        PatchOperation::Test(TestOperation {
+            path: pointer("/status/claim/agent"),
+            value: json!(fence.agent),
+        }),
+        PatchOperation::Test(TestOperation {
+            path: pointer("/status/claim/epoch"),
+            value: json!(fence.epoch),
+        }),
+        PatchOperation::Test(TestOperation {
+            path: pointer("/status/phase"),
+            value: json!(Phase::Running),
+        }),
     ]
 }
 
 /// An `add` of `/status/<field>` (creates or replaces).
 pub fn set(field: &str, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path: pointer(&format!("/status/{field}")), value })
+    PatchOperation::Add(AddOperation {
+        path: pointer(&format!("/status/{field}")),
+        value,
+    })
 }
 
 /// Applies `ops` to the item's status only if `fence` still holds.
@@ -140,7 +167,9 @@ fn classify(err: kube::Error) -> FenceError {
         // a missing item means someone deleted it: either way our claim is gone.
         kube::Error::Api(s) if s.code == 404 => FenceError::Fenced,
         kube::Error::Api(s) if s.code == 409 => FenceError::Fenced,
-        kube::Error::Api(s) if s.message.contains("test") && s.message.contains("fail") => FenceError::Fenced,
+        kube::Error::Api(s) if s.message.contains("test") && s.message.contains("fail") => {
+            FenceError::Fenced
+        }
         kube::Error::Api(s) if s.code == 422 => FenceError::Invalid(s.message),
         other => FenceError::Api(other),
     }
@@ -148,7 +177,12 @@ fn classify(err: kube::Error) -> FenceError {
 
 /// The completion: phase Succeeded with the outcome and result, under the fence.
 /// Exactly one completion per item can win: it ends the `phase == Running` test.
-pub fn complete_ops(item: &WorkItem, result: Option<Value>, usage: Value, attempt_record: Value) -> Vec<PatchOperation> {
+pub fn complete_ops(
+    item: &WorkItem,
+    result: Option<Value>,
+    usage: Value,
+    attempt_record: Value,
+) -> Vec<PatchOperation> {
     let now = super::now();
     let status = item.status.clone().unwrap_or_default();
     let outcome = Outcome {
@@ -175,23 +209,42 @@ pub fn complete_ops(item: &WorkItem, result: Option<Value>, usage: Value, attemp
 
 /// A fence-out by the supervisor: raises the epoch (so every write of the old holder is
 /// refused from now on) and records why, at the resourceVersion it observed.
-pub async fn fence_out(api: &Api<WorkItem>, item: &WorkItem, outcome: Outcome) -> Result<WorkItem, ClaimError> {
+pub async fn fence_out(
+    api: &Api<WorkItem>,
+    item: &WorkItem,
+    outcome: Outcome,
+) -> Result<WorkItem, ClaimError> {
     let name = item.metadata.name.as_deref().ok_or(ClaimError::NotFound)?;
-    let rv = item.metadata.resource_version.as_deref().ok_or(ClaimError::Conflict)?;
-    let mut claim = item.status.as_ref().and_then(|s| s.claim.clone()).unwrap_or_default();
+    let rv = item
+        .metadata
+        .resource_version
+        .as_deref()
+        .ok_or(ClaimError::Conflict)?;
+    let mut claim = item
+        .status
+        .as_ref()
+        .and_then(|s| s.claim.clone())
+        .unwrap_or_default();
     claim.epoch += 1;
-    let outcome = Outcome { epoch: claim.epoch, ..outcome };
+    let outcome = Outcome {
+        epoch: claim.epoch,
+        ..outcome
+    };
     let body = json!({
         "metadata": {"resourceVersion": rv},
         "status": {"claim": claim, "outcome": outcome}
     });
-    api.patch_status(name, &super::patch_params(managers::SUPERVISOR), &Patch::Merge(&body))
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
-            kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
-            other => ClaimError::Api(other),
-        })
+    api.patch_status(
+        name,
+        &super::patch_params(managers::SUPERVISOR),
+        &Patch::Merge(&body),
+    )
+    .await
+    .map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
+        kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
+        other => ClaimError::Api(other),
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +253,10 @@ mod tests {
 
     #[test]
     fn fence_tests_check_agent_epoch_and_running() {
-        let ops = fence_tests(&Fence { agent: "a-1".into(), epoch: 7 });
+        let ops = fence_tests(&Fence {
+            agent: "a-1".into(),
+            epoch: 7,
+        });
         let json = serde_json::to_value(&ops).expect("ops serialize");
         assert_eq!(
             json,
@@ -217,6 +273,9 @@ mod tests {
         let item = WorkItem::new("x", Default::default());
         let ops = complete_ops(&item, Some(json!({"ok": true})), json!({}), json!([]));
         let last = serde_json::to_value(ops.last().expect("ops")).expect("json");
-        assert_eq!(last, json!({"op": "add", "path": "/status/phase", "value": "Succeeded"}));
+        assert_eq!(
+            last,
+            json!({"op": "add", "path": "/status/phase", "value": "Succeeded"})
+        );
     }
 }

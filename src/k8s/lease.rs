@@ -36,7 +36,13 @@ impl AgentLease {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 owner_references: owner.map(|o| vec![o]),
-                labels: Some([("app.kubernetes.io/component".to_owned(), "triad-agent".to_owned())].into()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/component".to_owned(),
+                        "triad-agent".to_owned(),
+                    )]
+                    .into(),
+                ),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -53,17 +59,33 @@ impl AgentLease {
                 // Same pod name restarted in place: take the lease over.
                 let body = json!({"spec": {"holderIdentity": agent, "renewTime": micro_now(),
                     "leaseDurationSeconds": duration.as_secs().max(1)}});
-                api.patch(&name, &patch_params(super::managers::AGENT), &Patch::Merge(&body)).await?;
+                api.patch(
+                    &name,
+                    &patch_params(super::managers::AGENT),
+                    &Patch::Merge(&body),
+                )
+                .await?;
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Self { api, name, holder: agent.to_owned(), duration })
+        Ok(Self {
+            api,
+            name,
+            holder: agent.to_owned(),
+            duration,
+        })
     }
 
     /// One renewal: one small write per agent, not per item.
     pub async fn renew(&self) -> crate::Result<()> {
         let body = json!({"spec": {"renewTime": micro_now(), "holderIdentity": self.holder}});
-        self.api.patch(&self.name, &patch_params(super::managers::AGENT), &Patch::Merge(&body)).await?;
+        self.api
+            .patch(
+                &self.name,
+                &patch_params(super::managers::AGENT),
+                &Patch::Merge(&body),
+            )
+            .await?;
         Ok(())
     }
 
@@ -95,7 +117,12 @@ pub enum LeaderState {
 
 impl LeaderElector {
     pub fn new(api: Api<Lease>, role: &str, identity: &str, duration: Duration) -> Self {
-        Self { api, name: format!("triad-{role}"), identity: identity.to_owned(), duration }
+        Self {
+            api,
+            name: format!("triad-{role}"),
+            identity: identity.to_owned(),
+            duration,
+        }
     }
 
     pub fn lease_name(&self) -> &str {
@@ -117,7 +144,10 @@ impl LeaderElector {
         };
         let Some(mut lease) = existing else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.spec(None, true)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -139,7 +169,11 @@ impl LeaderElector {
             return Ok(LeaderState::Following { holder });
         }
         lease.spec = Some(self.spec(Some(&spec), !ours));
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(LeaderState::Leading),
             Err(e) if is_conflict(&e) => Ok(LeaderState::Following { holder }),
             Err(e) => Err(e.into()),
@@ -151,9 +185,17 @@ impl LeaderElector {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
-            acquire_time: if acquiring { Some(micro_now()) } else { old.and_then(|s| s.acquire_time.clone()) },
+            acquire_time: if acquiring {
+                Some(micro_now())
+            } else {
+                old.and_then(|s| s.acquire_time.clone())
+            },
             renew_time: Some(micro_now()),
-            lease_transitions: Some(if acquiring && old.is_some() { transitions + 1 } else { transitions }),
+            lease_transitions: Some(if acquiring && old.is_some() {
+                transitions + 1
+            } else {
+                transitions
+            }),
             ..Default::default()
         }
     }
@@ -161,7 +203,14 @@ impl LeaderElector {
     /// Gives the lease up on shutdown so a standby takes over at once.
     pub async fn release(&self) {
         let body = json!({"spec": {"holderIdentity": null, "renewTime": null}});
-        let _ = self.api.patch(&self.name, &patch_params("triad-leader"), &Patch::Merge(&body)).await;
+        let _ = self
+            .api
+            .patch(
+                &self.name,
+                &patch_params("triad-leader"),
+                &Patch::Merge(&body),
+            )
+            .await;
     }
 }
 
@@ -198,7 +247,10 @@ impl LeaderGate {
 /// Runs the election for one role forever. Returns an error when leadership was lost
 /// (the renew deadline passed): the caller exits the process, as controller-runtime
 /// does, so a fresh start rejoins cleanly instead of acting on a stale belief.
-pub async fn run_election(elector: LeaderElector, on_change: impl Fn(bool) + Send + 'static) -> (LeaderGate, tokio::task::JoinHandle<crate::Result<()>>) {
+pub async fn run_election(
+    elector: LeaderElector,
+    on_change: impl Fn(bool) + Send + 'static,
+) -> (LeaderGate, tokio::task::JoinHandle<crate::Result<()>>) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let retry = elector.duration() / 4;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod fence;
 pub mod lease;
+pub mod queue;
 
 /// What every controller role gets: a client, its leader gate, the metrics registry
 /// holder, and the namespace it watches (`None` = all namespaces).
@@ -54,5 +55,8 @@ pub fn is_conflict(err: &kube::Error) -> bool {
 
 /// Patch parameters that name the writing role as field manager.
 pub fn patch_params(manager: &str) -> kube::api::PatchParams {
-    kube::api::PatchParams { field_manager: Some(manager.to_owned()), ..Default::default() }
+    kube::api::PatchParams {
+        field_manager: Some(manager.to_owned()),
+        ..Default::default()
+    }
 }

@@ -1,10 +1,626 @@
-//! The scheduler role.
+//! The scheduler role: turns requests into items, routes and admits them, decides
+//! what follows every attempt, and keeps queue and request status. It never watches
+//! agent health.
+//!
+//! Shape: watch caches (items slimmed of payloads, queues, pools, requests) feed O(1)
+//! indexes and two reconcile queues; workers decide per key with the pure functions in
+//! `item` and `core`, then write one status patch at the resourceVersion they decided
+//! on. Only the leader writes; caches stay warm on standbys.
 
-use crate::k8s::RoleContext;
+mod index;
+pub mod item;
+mod metrics;
+mod request;
 
-/// Runs the scheduler until the process shuts down.
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::Patch;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use crate::api::{AgentPool, Phase, WorkItem, WorkQueue, WorkQueueStatus, WorkRequest, labels};
+use crate::core::routing::route;
+use crate::k8s::queue::ReconcileQueue;
+use crate::k8s::{RoleContext, is_conflict, is_not_found, managers, patch_params};
+use index::{ItemIndex, Key};
+use item::{ItemView, decide};
+
+/// Annotation on the scheduler's cached copy only (never written): the payload's
+/// serialized size, measured before the cache drops the payload to save memory.
+const PAYLOAD_BYTES: &str = "triad.dev/cached-payload-bytes";
+
+const ITEM_WORKERS: usize = 8;
+const REQUEST_WORKERS: usize = 2;
+const QUEUE_STATUS_EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) struct Scheduler {
+    ctx: RoleContext,
+    items: Store<WorkItem>,
+    queues: Store<WorkQueue>,
+    pools: Store<AgentPool>,
+    requests: Store<WorkRequest>,
+    index: Mutex<ItemIndex>,
+    /// Items that could not be routed: looked at again whenever a queue changes.
+    unrouted: Mutex<HashSet<Key>>,
+    item_queue: Arc<ReconcileQueue<Key>>,
+    request_queue: Arc<ReconcileQueue<Key>>,
+    recorder: Recorder,
+    metrics: metrics::SchedulerMetrics,
+    /// Token bucket for cosmetic "why waiting" writes so they never crowd out real ones.
+    cosmetic: Mutex<(f64, tokio::time::Instant)>,
+    admission: tokio::sync::Mutex<()>,
+    in_transit: Mutex<HashSet<(String, String, String)>>,
+}
+
+const COSMETIC_PER_SECOND: f64 = 20.0;
+
+/// Removes what the scheduler never reads from cached items: payloads, results and
+/// managedFields are most of an item's bytes.
+fn slim(item: &mut WorkItem) {
+    let bytes = item
+        .spec
+        .payload
+        .as_ref()
+        .map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()));
+    item.spec.payload = None;
+    item.metadata.managed_fields = None;
+    if let Some(status) = item.status.as_mut() {
+        status.result = None;
+    }
+    if bytes > crate::api::MAX_PAYLOAD_BYTES {
+        item.annotations_mut()
+            .insert(PAYLOAD_BYTES.into(), bytes.to_string());
+    }
+}
+
 pub async fn run(ctx: RoleContext) -> crate::Result<()> {
-    let _ = ctx;
-    std::future::pending::<()>().await;
+    let items_api: Api<WorkItem> = ctx.api();
+    let queues_api: Api<WorkQueue> = ctx.api();
+    let pools_api: Api<AgentPool> = ctx.api();
+    let requests_api: Api<WorkRequest> = ctx.api();
+    let (items, items_writer) = reflector::store();
+    let (queues, queues_writer) = reflector::store();
+    let (pools, pools_writer) = reflector::store();
+    let (requests, requests_writer) = reflector::store();
+    let metrics = ctx
+        .serve
+        .with_registry(metrics::SchedulerMetrics::register)
+        .with_controller(ctx.serve.controller_metrics());
+    let recorder = Recorder::new(
+        ctx.client.clone(),
+        Reporter {
+            controller: managers::SCHEDULER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let sched = Arc::new(Scheduler {
+        ctx: ctx.clone(),
+        items,
+        queues,
+        pools,
+        requests,
+        index: Mutex::new(ItemIndex::default()),
+        unrouted: Mutex::new(HashSet::new()),
+        item_queue: ReconcileQueue::new(),
+        request_queue: ReconcileQueue::new(),
+        recorder,
+        metrics,
+        cosmetic: Mutex::new((COSMETIC_PER_SECOND, tokio::time::Instant::now())),
+        admission: tokio::sync::Mutex::new(()),
+        in_transit: Mutex::new(HashSet::new()),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let sched = sched.clone();
+        let stream = watcher(items_api, watcher::Config::default())
+            .default_backoff()
+            .modify(slim)
+            .reflect(items_writer);
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(event) => sched.on_item_event(event),
+                    Err(err) => warn!(%err, "WorkItem watch error; retrying"),
+                }
+            }
+        });
+    }
+    {
+        let sched = sched.clone();
+        let stream = watcher(queues_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(queues_writer);
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(_) => sched.on_queue_change(),
+                    Err(err) => warn!(%err, "WorkQueue watch error; retrying"),
+                }
+            }
+        });
+    }
+    {
+        let stream = watcher(pools_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(pools_writer);
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(err) = event {
+                    warn!(%err, "AgentPool watch error; retrying");
+                }
+            }
+        });
+    }
+    {
+        let sched = sched.clone();
+        let stream = watcher(requests_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(requests_writer);
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+                        if let Some(key) = key_of(&r) {
+                            sched.request_queue.add(key);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => warn!(%err, "WorkRequest watch error; retrying"),
+                }
+            }
+        });
+    }
+    // Decide nothing before every cache is complete: an item decided before its queue
+    // is cached would get the default policy or a false "queue not found".
+    let synced = async {
+        sched.items.wait_until_ready().await?;
+        sched.queues.wait_until_ready().await?;
+        sched.pools.wait_until_ready().await?;
+        sched.requests.wait_until_ready().await
+    };
+    synced
+        .await
+        .map_err(|e| crate::Error::Invalid(format!("scheduler caches: {e}")))?;
+    info!("scheduler caches synced");
+    for _ in 0..ITEM_WORKERS {
+        let sched = sched.clone();
+        tasks.spawn(async move {
+            loop {
+                let key = sched.item_queue.next().await;
+                sched.reconcile_item(&key).await;
+                sched.item_queue.done(&key);
+            }
+        });
+    }
+    for _ in 0..REQUEST_WORKERS {
+        let sched = sched.clone();
+        tasks.spawn(async move {
+            loop {
+                let key = sched.request_queue.next().await;
+                request::reconcile(&sched, &key).await;
+                sched.request_queue.done(&key);
+            }
+        });
+    }
+    {
+        let sched = sched.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(QUEUE_STATUS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                sched.update_queue_statuses().await;
+            }
+        });
+    }
+    {
+        // On becoming leader, look at everything once: a standby's caches are warm but
+        // it made no decisions while following.
+        let sched = sched.clone();
+        let mut gate = ctx.leader.clone();
+        tasks.spawn(async move {
+            gate.wait_leading().await;
+            sched.items.wait_until_ready().await.ok();
+            info!(
+                items = sched.items.len(),
+                "scheduler leading; reconciling everything once"
+            );
+            sched.resync_all();
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(err) = done {
+            return Err(crate::Error::Invalid(format!(
+                "scheduler task failed: {err}"
+            )));
+        }
+    }
     Ok(())
+}
+
+fn key_of<K: Resource>(obj: &K) -> Option<Key> {
+    Some((obj.meta().namespace.clone()?, obj.meta().name.clone()?))
+}
+
+impl Scheduler {
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, ItemIndex> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn on_item_event(&self, event: watcher::Event<WorkItem>) {
+        match event {
+            watcher::Event::Init => self.lock_index().clear(),
+            watcher::Event::InitApply(item) | watcher::Event::Apply(item) => {
+                let change = self.lock_index().apply(&item);
+                if let Some(change) = change {
+                    self.after_change(change, item.phase().is_some_and(Phase::is_finished));
+                }
+            }
+            watcher::Event::Delete(item) => {
+                let change = self.lock_index().remove(&item);
+                if let Some(change) = change {
+                    self.after_change(change, true);
+                }
+            }
+            watcher::Event::InitDone => {}
+        }
+    }
+
+    fn after_change(&self, change: index::Change, finished: bool) {
+        let (ns, name) = &change.key;
+        if change.phase_changed && finished {
+            for dependent in self.lock_index().dependents(ns, name) {
+                self.item_queue.add((ns.clone(), dependent));
+            }
+        }
+        for request in change.request.iter().chain(change.old_request.iter()) {
+            self.request_queue.add((ns.clone(), request.clone()));
+        }
+        self.item_queue.add(change.key);
+    }
+
+    fn on_queue_change(&self) {
+        let unrouted: Vec<Key> = self
+            .unrouted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for key in unrouted {
+            self.item_queue.add(key);
+        }
+    }
+
+    fn resync_all(&self) {
+        for item in self.items.state() {
+            if let Some(key) = key_of(item.as_ref()) {
+                self.item_queue.add(key);
+            }
+        }
+        for request in self.requests.state() {
+            if let Some(key) = key_of(request.as_ref()) {
+                self.request_queue.add(key);
+            }
+        }
+    }
+
+    fn take_cosmetic_token(&self) -> bool {
+        let mut bucket = self.cosmetic.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * COSMETIC_PER_SECOND;
+        bucket.0 = (bucket.0 + refill).min(COSMETIC_PER_SECOND);
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn queue_spec(&self, namespace: &str, name: &str) -> Option<Arc<WorkQueue>> {
+        self.queues.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    #[instrument(skip(self), fields(item = %format!("{}/{}", key.0, key.1)))]
+    async fn reconcile_item(&self, key: &Key) {
+        if !self.ctx.leader.is_leading() {
+            return;
+        }
+        let (ns, name) = key;
+        let Some(item) = self.items.get(&ObjectRef::new(name).within(ns)) else {
+            return;
+        };
+        let _timer = self.metrics.controller.time_reconcile("workitem");
+        let queues_in_ns: Vec<Arc<WorkQueue>> = self
+            .queues
+            .state()
+            .into_iter()
+            .filter(|q| q.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .collect();
+        let route = route(
+            &item,
+            queues_in_ns
+                .iter()
+                .filter_map(|q| Some((q.metadata.name.as_deref()?, &q.spec))),
+        );
+        let queue = route.queue().and_then(|q| self.queue_spec(ns, q));
+        {
+            let mut unrouted = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
+            if route.queue().is_some() {
+                unrouted.remove(key);
+            } else {
+                unrouted.insert(key.clone());
+            }
+        }
+        let gated = queue
+            .as_ref()
+            .is_some_and(|q| q.spec.max_in_flight.is_some());
+        // Admission into a maxInFlight queue is serialized so two workers never both
+        // see the last free slot; admissions not yet back from the watch count too.
+        let _admission = if gated {
+            Some(self.admission.lock().await)
+        } else {
+            None
+        };
+        let (running, admitted) = route.queue().map_or((0, 0), |q| {
+            let index = self.lock_index();
+            let counts = index.queue_counts(ns, q);
+            let in_transit = self.in_transit(ns, q, &index);
+            (
+                counts.get(Phase::Running),
+                index.admitted(ns, q) + in_transit,
+            )
+        });
+        let pool_serves_queue = route.queue().is_some_and(|q| {
+            self.pools.state().iter().any(|p| {
+                p.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && p.spec.queues.iter().any(|pq| pq.name == q)
+            })
+        });
+        let dependency = |dep: &str| {
+            self.items
+                .get(&ObjectRef::new(dep).within(ns))
+                .map(|d| d.phase())
+        };
+        let payload_bytes = item
+            .annotations()
+            .get(PAYLOAD_BYTES)
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
+        let view = ItemView {
+            route: route.clone(),
+            queue: queue.as_ref().map(|q| &q.spec),
+            dependency: &dependency,
+            running_in_queue: running,
+            admitted_in_queue: admitted,
+            pool_serves_queue,
+            position: None,
+            payload_bytes,
+        };
+        let now = Timestamp::now();
+        let jitter = crate::core::retry::random_jitter(&mut rand::rng());
+        let plan = decide(&item, &view, now, jitter);
+        debug!(?plan, "decided");
+        let admitting = gated && plan.counted == Some("admitted");
+        if self.apply_plan(&item, plan).await && admitting {
+            if let Some(q) = route.queue() {
+                self.lock_transit()
+                    .insert((ns.clone(), q.to_owned(), name.clone()));
+            }
+        }
+    }
+
+    fn lock_transit(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
+        self.in_transit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admissions written but not yet seen Queued on the watch.
+    fn in_transit(&self, ns: &str, queue: &str, index: &ItemIndex) -> i64 {
+        let mut transit = self.lock_transit();
+        transit.retain(|(n, q, item)| {
+            let seen = self
+                .items
+                .get(&ObjectRef::new(item).within(n))
+                .is_none_or(|i| i.phase() != Some(Phase::Pending));
+            let _ = (q, index);
+            !seen
+        });
+        transit
+            .iter()
+            .filter(|(n, q, _)| n == ns && q == queue)
+            .count() as i64
+    }
+
+    /// Returns true when a status write succeeded.
+    async fn apply_plan(&self, item: &WorkItem, plan: item::Plan) -> bool {
+        let mut written = false;
+        let key = match key_of(item) {
+            Some(k) => k,
+            None => return false,
+        };
+        let api: Api<WorkItem> = Api::namespaced(self.ctx.client.clone(), &key.0);
+        if plan.delete {
+            match api.delete(&key.1, &Default::default()).await {
+                Ok(_) => self.metrics.count("deleted_by_retention"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    warn!(error = %e, "retention delete failed");
+                    self.item_queue
+                        .add_after(key.clone(), Duration::from_secs(5));
+                }
+            }
+            return false;
+        }
+        if let Some(status) = plan.status {
+            if plan.cosmetic && !self.take_cosmetic_token() {
+                self.item_queue.add_after(key, Duration::from_secs(1));
+                return false;
+            }
+            let body = json!({
+                "metadata": {"resourceVersion": item.metadata.resource_version},
+                "status": status,
+            });
+            match api
+                .patch_status(
+                    &key.1,
+                    &patch_params(managers::SCHEDULER),
+                    &Patch::Merge(&body),
+                )
+                .await
+            {
+                Ok(_) => {
+                    written = true;
+                    if let Some(counter) = plan.counted {
+                        self.metrics.count(counter);
+                        if counter == "admitted" {
+                            self.metrics.observe_admission(item);
+                        }
+                    }
+                    if let Some((reason, note)) = plan.event {
+                        self.publish(item, reason, note).await;
+                    }
+                    if plan.clear_redrive {
+                        let body = json!({"metadata": {"annotations": {labels::REDRIVE: null}}});
+                        if let Err(e) = api
+                            .patch(
+                                &key.1,
+                                &patch_params(managers::SCHEDULER),
+                                &Patch::Merge(&body),
+                            )
+                            .await
+                        {
+                            warn!(error = %e, "could not remove the redrive annotation");
+                        }
+                    }
+                }
+                // Someone (an agent claiming, a user) changed it: the watch brings the new
+                // version and we decide again on that.
+                Err(e) if is_conflict(&e) => self.metrics.count("write_conflicts"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    warn!(error = %e, "status write failed");
+                    self.metrics
+                        .controller
+                        .reconcile_errors
+                        .get_or_create(&crate::metrics::ControllerLabels {
+                            controller: "workitem".into(),
+                        })
+                        .inc();
+                    self.item_queue
+                        .add_after(key.clone(), Duration::from_secs(2));
+                }
+            }
+        }
+        if let Some(after) = plan.recheck {
+            self.item_queue
+                .add_after(key, after.max(Duration::from_millis(200)));
+        }
+        written
+    }
+
+    async fn publish(&self, item: &WorkItem, reason: &str, note: String) {
+        let warning = matches!(
+            reason,
+            "DeadLettered"
+                | "Failed"
+                | "QueueNotFound"
+                | "AmbiguousType"
+                | "DependencyFailed"
+                | "PayloadTooLarge"
+        );
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Schedule".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &item.object_ref(&())).await {
+            debug!(error = %e, "event not published");
+        }
+    }
+
+    /// Queue status from the O(1) counters; the oldest-queued scan is per queue with
+    /// queued items, every few seconds, off the per-change path.
+    async fn update_queue_statuses(&self) {
+        if !self.ctx.leader.is_leading() {
+            return;
+        }
+        let now = Timestamp::now();
+        for queue in self.queues.state() {
+            let (Some(ns), Some(name)) = (
+                queue.metadata.namespace.clone(),
+                queue.metadata.name.clone(),
+            ) else {
+                continue;
+            };
+            let (counts, queued) = {
+                let index = self.lock_index();
+                (
+                    index.queue_counts(&ns, &name),
+                    index.in_phase(&ns, &name, Phase::Queued),
+                )
+            };
+            let oldest = queued
+                .iter()
+                .filter_map(|(item_name, created)| {
+                    let item = self.items.get(&ObjectRef::new(item_name).within(&ns))?;
+                    crate::core::ordering::queued_since(&item).or(*created)
+                })
+                .min()
+                .map_or(0, |t| now.duration_since(t).as_secs().max(0));
+            let status = WorkQueueStatus {
+                pending: counts.get(Phase::Pending),
+                queued: counts.get(Phase::Queued),
+                running: counts.get(Phase::Running),
+                backoff: counts.get(Phase::Backoff),
+                held: counts.get(Phase::Held),
+                succeeded: counts.get(Phase::Succeeded),
+                failed: counts.get(Phase::Failed),
+                dead_lettered: counts.get(Phase::DeadLettered),
+                cancelled: counts.get(Phase::Cancelled),
+                oldest_queued_seconds: oldest,
+                observed_generation: queue.metadata.generation,
+                conditions: queue
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default(),
+            };
+            self.metrics.set_queue_depth(&ns, &name, &counts, oldest);
+            if queue.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let api: Api<WorkQueue> = Api::namespaced(self.ctx.client.clone(), &ns);
+            let body = json!({"status": status});
+            if let Err(e) = api
+                .patch_status(
+                    &name,
+                    &patch_params(managers::SCHEDULER),
+                    &Patch::Merge(&body),
+                )
+                .await
+            {
+                warn!(queue = %name, error = %e, "queue status write failed");
+            }
+        }
+    }
 }

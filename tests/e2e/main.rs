@@ -1,4 +1,6 @@
 //! Integration tests against the real local control plane (see `support`).
 
 mod api;
+mod pool;
+mod scheduler;
 mod support;

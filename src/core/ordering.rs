@@ -1,0 +1,425 @@
+//! Claim order: priority with aging, FIFO within equal priority, and a random pick
+//! among the top few so that agents spread out.
+//!
+//! Effective priority = `priority + floor(waited / agingSeconds)`, where `waited` is
+//! the time since the item became claimable (the latest of creation, notBefore and
+//! retryAt) so that time spent in backoff is not rewarded. `agingSeconds` 0 turns
+//! aging off. The sum is computed in i64 and saturates, so it stays well defined for
+//! any wait; it is deliberately not capped lower, because any cap lets a steady stream
+//! of high-priority work starve an item that hit the cap. Ties go to the older item by
+//! creation time, then by name, so the order is total and deterministic.
+
+use std::cmp::Reverse;
+
+use jiff::Timestamp;
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use super::{seconds_since, ts};
+use crate::api::WorkItem;
+
+/// What ordering needs to know about one claimable item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    /// `WorkItem::effective_priority` (spec, or raised by escalation).
+    pub priority: i32,
+    pub created: Timestamp,
+    /// When it became claimable; see [`queued_since`].
+    pub queued_since: Timestamp,
+}
+
+impl<'a> Candidate<'a> {
+    pub fn of(item: &'a WorkItem) -> Self {
+        let created =
+            ts(item.metadata.creation_timestamp.as_ref()).unwrap_or(Timestamp::UNIX_EPOCH);
+        Candidate {
+            name: item.metadata.name.as_deref().unwrap_or(""),
+            priority: item.effective_priority(),
+            created,
+            queued_since: queued_since(item).unwrap_or(created),
+        }
+    }
+}
+
+/// The latest of creation, notBefore and retryAt: when the item became claimable.
+pub fn queued_since(item: &WorkItem) -> Option<Timestamp> {
+    let retry_at = item.status.as_ref().and_then(|s| ts(s.retry_at.as_ref()));
+    [
+        ts(item.metadata.creation_timestamp.as_ref()),
+        ts(item.spec.not_before.as_ref()),
+        retry_at,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
+/// `priority + floor(waited_seconds / aging_seconds)`; see the module doc.
+pub fn effective_priority(priority: i32, waited_seconds: i64, aging_seconds: i64) -> i64 {
+    let boost = if aging_seconds > 0 {
+        waited_seconds.max(0) / aging_seconds
+    } else {
+        0
+    };
+    i64::from(priority).saturating_add(boost)
+}
+
+/// Sort key: smaller ranks are claimed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank<'a>(Reverse<i64>, Timestamp, &'a str);
+
+impl Rank<'_> {
+    pub fn effective_priority(&self) -> i64 {
+        self.0.0
+    }
+}
+
+pub fn rank<'a>(c: &Candidate<'a>, aging_seconds: i64, now: Timestamp) -> Rank<'a> {
+    let waited = seconds_since(c.queued_since, now);
+    Rank(
+        Reverse(effective_priority(c.priority, waited, aging_seconds)),
+        c.created,
+        c.name,
+    )
+}
+
+/// Indexes of the best `k` candidates, best first, in O(n + k log k): a partial
+/// selection, not a sort of the whole queue.
+pub fn top_k(
+    candidates: &[Candidate<'_>],
+    k: usize,
+    aging_seconds: i64,
+    now: Timestamp,
+) -> Vec<usize> {
+    let k = k.min(candidates.len());
+    if k == 0 {
+        return vec![];
+    }
+    let mut ranked: Vec<(Rank<'_>, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (rank(c, aging_seconds, now), i))
+        .collect();
+    if k < ranked.len() {
+        ranked.select_nth_unstable(k - 1);
+        ranked.truncate(k);
+    }
+    ranked.sort_unstable();
+    ranked.into_iter().map(|(_, i)| i).collect()
+}
+
+/// How many top candidates an agent chooses among: about one per competing agent, so
+/// that agents rarely collide, but at most 16 so that priority order still holds.
+pub fn suggested_k(agents: usize) -> usize {
+    agents.clamp(1, 16)
+}
+
+/// The top `k` candidates in random order: the order in which an agent tries to claim
+/// them, moving to the next on a conflict instead of retrying the same head.
+pub fn claim_order(
+    candidates: &[Candidate<'_>],
+    k: usize,
+    aging_seconds: i64,
+    now: Timestamp,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
+    let mut top = top_k(candidates, k.max(1), aging_seconds, now);
+    top.shuffle(rng);
+    top
+}
+
+/// One candidate, uniformly among the top `k`; None when there are none.
+pub fn choose_candidate(
+    candidates: &[Candidate<'_>],
+    k: usize,
+    aging_seconds: i64,
+    now: Timestamp,
+    rng: &mut impl Rng,
+) -> Option<usize> {
+    let top = top_k(candidates, k.max(1), aging_seconds, now);
+    (!top.is_empty()).then(|| top[rng.random_range(0..top.len())])
+}
+
+/// One of an agent pool's queues, for [`weighted_queue_pick`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightedQueue {
+    pub weight: i32,
+    /// Whether the queue has a claimable item (and room under maxInFlight).
+    pub has_work: bool,
+}
+
+/// Picks a queue with work, with probability proportional to its weight. Weights
+/// below 1 count as 1 (the API requires 1–100), so every queue with work can be
+/// picked. None when no queue has work.
+pub fn weighted_queue_pick(queues: &[WeightedQueue], rng: &mut impl Rng) -> Option<usize> {
+    let weight = |q: &WeightedQueue| u64::try_from(q.weight.max(1)).unwrap_or(1);
+    let total: u64 = queues.iter().filter(|q| q.has_work).map(weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut roll = rng.random_range(0..total);
+    for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.has_work) {
+        let w = weight(q);
+        if roll < w {
+            return Some(i);
+        }
+        roll -= w;
+    }
+    None
+}
+
+/// 1-based position of `candidates[index]` in claim order, in O(n).
+pub fn position_in_queue(
+    candidates: &[Candidate<'_>],
+    index: usize,
+    aging_seconds: i64,
+    now: Timestamp,
+) -> usize {
+    let me = rank(&candidates[index], aging_seconds, now);
+    1 + candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i != index && rank(c, aging_seconds, now) < me)
+        .count()
+}
+
+/// 1-based positions of all candidates (by index) in one O(n log n) sort, for a
+/// scheduler that refreshes every item's "position N" at once.
+pub fn positions(candidates: &[Candidate<'_>], aging_seconds: i64, now: Timestamp) -> Vec<usize> {
+    let mut order: Vec<(Rank<'_>, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (rank(c, aging_seconds, now), i))
+        .collect();
+    order.sort_unstable();
+    let mut pos = vec![0; candidates.len()];
+    for (p, (_, i)) in order.into_iter().enumerate() {
+        pos[i] = p + 1;
+    }
+    pos
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{WorkItemSpec, WorkItemStatus};
+    use crate::core::testutil::{t, time};
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn c(name: &str, priority: i32, created: i64) -> Candidate<'_> {
+        Candidate {
+            name,
+            priority,
+            created: t(created),
+            queued_since: t(created),
+        }
+    }
+
+    #[test]
+    fn aging_formula() {
+        assert_eq!(effective_priority(500, 0, 60), 500);
+        assert_eq!(effective_priority(500, 59, 60), 500);
+        assert_eq!(effective_priority(500, 60, 60), 501);
+        assert_eq!(effective_priority(500, 3600, 60), 560);
+        assert_eq!(effective_priority(500, 3600, 0), 500, "0 = no aging");
+        assert_eq!(effective_priority(500, -100, 1), 500, "clock skew");
+        assert_eq!(effective_priority(1000, i64::MAX, 1), i64::MAX, "saturates");
+    }
+
+    #[test]
+    fn higher_priority_first_then_fifo_then_name() {
+        let cs = [
+            c("b", 500, 10),
+            c("a", 500, 10),
+            c("old", 500, 0),
+            c("hi", 900, 20),
+        ];
+        let order: Vec<&str> = top_k(&cs, 4, 0, t(100))
+            .into_iter()
+            .map(|i| cs[i].name)
+            .collect();
+        assert_eq!(order, ["hi", "old", "a", "b"]);
+    }
+
+    #[test]
+    fn aged_low_priority_overtakes_fresh_high_priority() {
+        // aging 1 point per 10 s: after 5000 s the low item ties with a fresh 500
+        // (0 + 500) and, being older, wins; one second less and it is still behind.
+        let cs = [c("low", 0, 0), c("high", 500, 5000)];
+        assert_eq!(top_k(&cs, 1, 10, t(5000)), vec![0]);
+        let younger = [c("low", 0, 1), c("high", 500, 5000)];
+        assert_eq!(
+            top_k(&younger, 1, 10, t(5000)),
+            vec![1],
+            "not yet aged enough"
+        );
+        assert_eq!(top_k(&cs, 1, 0, t(5000)), vec![1], "aging off");
+    }
+
+    #[test]
+    fn backoff_time_does_not_age() {
+        let mut retried = c("retried", 0, 0);
+        retried.queued_since = t(1000);
+        let cs = [retried, c("fresh", 10, 1000)];
+        assert_eq!(top_k(&cs, 1, 1, t(1005)), vec![1]);
+    }
+
+    #[test]
+    fn queued_since_is_the_latest_gate() {
+        let mut wi = WorkItem::new(
+            "x",
+            WorkItemSpec {
+                queue: Some("q".into()),
+                priority: 7,
+                ..Default::default()
+            },
+        );
+        wi.metadata.creation_timestamp = Some(time(10));
+        assert_eq!(queued_since(&wi), Some(t(10)));
+        wi.spec.not_before = Some(time(20));
+        assert_eq!(queued_since(&wi), Some(t(20)));
+        wi.status = Some(WorkItemStatus {
+            retry_at: Some(time(30)),
+            priority: Some(900),
+            ..Default::default()
+        });
+        assert_eq!(queued_since(&wi), Some(t(30)));
+        let cand = Candidate::of(&wi);
+        assert_eq!(
+            cand,
+            Candidate {
+                name: "x",
+                priority: 900,
+                created: t(10),
+                queued_since: t(30)
+            }
+        );
+    }
+
+    #[test]
+    fn top_k_handles_edges() {
+        let cs = [c("a", 1, 0), c("b", 2, 0)];
+        assert_eq!(top_k(&cs, 0, 0, t(0)), Vec::<usize>::new());
+        assert_eq!(top_k(&cs, 10, 0, t(0)), vec![1, 0]);
+        assert_eq!(top_k(&[], 3, 0, t(0)), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn choose_spreads_over_the_top_k_only() {
+        let names: Vec<String> = (0..50_000).map(|i| format!("item-{i:05}")).collect();
+        let cs: Vec<Candidate<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| c(n, (i % 1000) as i32, i as i64))
+            .collect();
+        let top: Vec<usize> = top_k(&cs, 4, 0, t(0));
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let i = choose_candidate(&cs, 4, 0, t(0), &mut rng).unwrap();
+            assert!(top.contains(&i));
+            assert_eq!(cs[i].priority, 999);
+            seen.insert(i);
+        }
+        assert_eq!(seen.len(), 4, "all of the top 4 get picked");
+        assert_eq!(choose_candidate(&[], 4, 0, t(0), &mut rng), None);
+    }
+
+    #[test]
+    fn claim_order_is_a_permutation_of_the_top_k() {
+        let cs = [c("a", 1, 0), c("b", 5, 0), c("c", 3, 0), c("d", 4, 0)];
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut order = claim_order(&cs, 3, 0, t(0), &mut rng);
+        order.sort();
+        assert_eq!(order, vec![1, 2, 3]);
+        let orders: std::collections::BTreeSet<Vec<usize>> = (0..50)
+            .map(|_| claim_order(&cs, 3, 0, t(0), &mut rng))
+            .collect();
+        assert!(
+            orders.len() > 1,
+            "agents do not all try the same head first"
+        );
+    }
+
+    #[test]
+    fn suggested_k_bounds() {
+        assert_eq!(suggested_k(0), 1);
+        assert_eq!(suggested_k(5), 5);
+        assert_eq!(suggested_k(500), 16);
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights_and_skips_empty_queues() {
+        let qs = [
+            WeightedQueue {
+                weight: 3,
+                has_work: true,
+            },
+            WeightedQueue {
+                weight: 1,
+                has_work: true,
+            },
+            WeightedQueue {
+                weight: 100,
+                has_work: false,
+            },
+        ];
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut counts = [0; 3];
+        for _ in 0..4000 {
+            counts[weighted_queue_pick(&qs, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        assert!((2700..3300).contains(&counts[0]), "{counts:?}");
+        let empty = [WeightedQueue {
+            weight: 5,
+            has_work: false,
+        }];
+        assert_eq!(weighted_queue_pick(&empty, &mut rng), None);
+        assert_eq!(weighted_queue_pick(&[], &mut rng), None);
+        let zero = [WeightedQueue {
+            weight: 0,
+            has_work: true,
+        }];
+        assert_eq!(weighted_queue_pick(&zero, &mut rng), Some(0));
+    }
+
+    #[test]
+    fn position_counts_those_ahead() {
+        let cs = [
+            c("a", 500, 10),
+            c("b", 900, 20),
+            c("c", 500, 5),
+            c("d", 100, 0),
+        ];
+        assert_eq!(position_in_queue(&cs, 1, 0, t(100)), 1);
+        assert_eq!(position_in_queue(&cs, 2, 0, t(100)), 2);
+        assert_eq!(position_in_queue(&cs, 0, 0, t(100)), 3);
+        assert_eq!(position_in_queue(&cs, 3, 0, t(100)), 4);
+        assert_eq!(positions(&cs, 0, t(100)), vec![3, 1, 2, 4]);
+    }
+
+    proptest! {
+        #[test]
+        fn top_k_matches_a_full_sort(
+            items in proptest::collection::vec((0i32..5, 0i64..5), 0..60),
+            k in 0usize..70, aging in 0i64..3,
+        ) {
+            let names: Vec<String> = (0..items.len()).map(|i| format!("n{i:03}")).collect();
+            let cs: Vec<Candidate<'_>> = items.iter().zip(&names)
+                .map(|((p, created), n)| c(n, *p, *created)).collect();
+            let mut all: Vec<usize> = (0..cs.len()).collect();
+            all.sort_by_key(|i| rank(&cs[*i], aging, t(10)));
+            all.truncate(k);
+            prop_assert_eq!(top_k(&cs, k, aging, t(10)), all.clone());
+            let pos = positions(&cs, aging, t(10));
+            for (p, i) in all.iter().enumerate() {
+                prop_assert_eq!(pos[*i], p + 1);
+                prop_assert_eq!(position_in_queue(&cs, *i, aging, t(10)), p + 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The scheduler on the real control plane. Tests play the agent through the same
+//! claim and fenced-write functions the agent runtime uses.
+
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue, WorkRequest};
+use triad::k8s::RoleContext;
+use triad::k8s::fence::{AgentIdentity, Fence, claim, complete_ops, fenced_patch, set};
+use triad::k8s::lease::LeaderGate;
+
+use crate::support::{TestNamespace, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+pub fn start_scheduler(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
+    let ctx = RoleContext {
+        client: ns.client.clone(),
+        leader: LeaderGate::always(),
+        serve: triad::serve::State::new(),
+        namespace: Some(ns.name.clone()),
+    };
+    tokio::spawn(async move {
+        let _ = triad::scheduler::run(ctx).await;
+    })
+}
+
+async fn apply<
+    K: serde::de::DeserializeOwned
+        + serde::Serialize
+        + Clone
+        + std::fmt::Debug
+        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+>(
+    ns: &TestNamespace,
+    value: serde_json::Value,
+) -> K {
+    let obj: K = serde_json::from_value(value).expect("valid object");
+    ns.api::<K>()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+fn agent(name: &str) -> AgentIdentity {
+    AgentIdentity {
+        agent: name.into(),
+        pod: None,
+        lease: None,
+    }
+}
+
+pub async fn phase_of(api: &Api<WorkItem>, name: &str) -> Option<Phase> {
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|i| i.phase())
+}
+
+async fn wait_phase(api: &Api<WorkItem>, name: &str, phase: Phase) -> WorkItem {
+    wait_for(LONG, &format!("{name} to be {phase}"), || async {
+        api.get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .filter(|i| i.phase() == Some(phase))
+    })
+    .await
+}
+
+/// Claims `name` (retrying while the scheduler still writes to it) and reports the
+/// attempt's outcome as an agent would.
+async fn run_attempt(api: &Api<WorkItem>, name: &str, who: &str, succeed: bool) {
+    let claimed = wait_for(LONG, &format!("claim {name}"), || async {
+        let item = api.get(name).await.ok()?;
+        if !triad::core::phase::is_claimable(&item, jiff::Timestamp::now()) {
+            return None;
+        }
+        claim(api, &item, &agent(who)).await.ok()
+    })
+    .await;
+    let fence = Fence::of(&claimed).expect("claimed item has a claim");
+    if succeed {
+        fenced_patch(
+            api,
+            name,
+            &fence,
+            complete_ops(&claimed, None, json!({}), json!([])),
+        )
+        .await
+        .expect("complete");
+    } else {
+        let status = claimed.status.clone().unwrap_or_default();
+        let outcome = json!({"kind": OutcomeKind::Failed, "reason": "ExitCode", "message": "exit code 1",
+            "attempt": status.attempt, "epoch": fence.epoch});
+        fenced_patch(api, name, &fence, vec![set("outcome", outcome)])
+            .await
+            .expect("report failure");
+    }
+}
+
+#[tokio::test]
+async fn a_request_runs_its_graph_in_dependency_order() {
+    let ns = TestNamespace::new("graph").await;
+    let _s = start_scheduler(&ns);
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "work"}, "spec": {"types": ["step"]}}),
+    )
+    .await;
+    apply::<WorkRequest>(
+        &ns,
+        json!({"metadata": {"name": "rel"}, "spec": {"priority": 700, "tasks": [
+            {"name": "a", "type": "step"},
+            {"name": "b", "type": "step", "dependsOn": ["a"]},
+            {"name": "c", "type": "step", "dependsOn": ["a"], "priority": 900},
+            {"name": "fan", "type": "step", "dependsOn": ["a"], "forEach": {"values": ["x", "y", "z"], "key": "part"}}
+        ]}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let all = wait_for(LONG, "6 items created", || async {
+        let list = items.list(&Default::default()).await.ok()?;
+        (list.items.len() == 6).then_some(list.items)
+    })
+    .await;
+    for item in &all {
+        let owner = item
+            .owner_references()
+            .first()
+            .expect("owned by the request");
+        assert_eq!(owner.name, "rel");
+    }
+    let b = items.get("rel-b").await.expect("b");
+    assert_eq!(b.spec.priority, 700, "priority inherited from the request");
+    assert_eq!(
+        items.get("rel-c").await.expect("c").spec.priority,
+        900,
+        "task priority wins"
+    );
+    let fan = items.get("rel-fan-1").await.expect("fan-out item");
+    assert_eq!(
+        fan.spec.payload.as_ref().and_then(|p| p.get("part")),
+        Some(&json!("y"))
+    );
+
+    // b waits for a, and says so.
+    let waiting = wait_for(LONG, "b to say why it waits", || async {
+        let b = items.get("rel-b").await.ok()?;
+        b.status
+            .and_then(|s| s.waiting)
+            .filter(|w| w.contains("dependency rel-a"))
+    })
+    .await;
+    assert!(waiting.contains("rel-a"));
+    assert!(!triad::core::phase::is_claimable(
+        &items.get("rel-b").await.expect("b"),
+        jiff::Timestamp::now()
+    ));
+
+    run_attempt(&items, "rel-a", "agent-1", true).await;
+    for name in ["rel-b", "rel-c", "rel-fan-0", "rel-fan-1", "rel-fan-2"] {
+        wait_phase(&items, name, Phase::Queued).await;
+        run_attempt(&items, name, "agent-1", true).await;
+    }
+    let requests: Api<WorkRequest> = ns.api();
+    let done = wait_for(LONG, "request Succeeded", || async {
+        let r = requests.get("rel").await.ok()?;
+        (r.status.as_ref()?.phase == Some(triad::api::RequestPhase::Succeeded)).then_some(r)
+    })
+    .await;
+    let status = done.status.expect("status");
+    assert_eq!((status.succeeded, status.total), (6, 6));
+}
+
+#[tokio::test]
+async fn a_cycle_is_refused_with_a_condition_naming_it_and_no_items() {
+    let ns = TestNamespace::new("cycle").await;
+    let _s = start_scheduler(&ns);
+    apply::<WorkRequest>(
+        &ns,
+        json!({"metadata": {"name": "loop"}, "spec": {"tasks": [
+            {"name": "a", "queue": "q", "dependsOn": ["c"]},
+            {"name": "b", "queue": "q", "dependsOn": ["a"]},
+            {"name": "c", "queue": "q", "dependsOn": ["b"]}
+        ]}}),
+    )
+    .await;
+    let requests: Api<WorkRequest> = ns.api();
+    let condition = wait_for(LONG, "Valid=False", || async {
+        let r = requests.get("loop").await.ok()?;
+        r.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Valid" && c.status == "False")
+    })
+    .await;
+    assert!(
+        condition.message.contains("cycle") && condition.message.contains('→'),
+        "{}",
+        condition.message
+    );
+    for task in ["a", "b", "c"] {
+        assert!(condition.message.contains(task), "{}", condition.message);
+    }
+    let items: Api<WorkItem> = ns.api();
+    assert!(
+        items
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "no items for an invalid request"
+    );
+}
+
+#[tokio::test]
+async fn failures_back_off_then_dead_letter_and_redrive_brings_the_item_back() {
+    let ns = TestNamespace::new("retry").await;
+    let _s = start_scheduler(&ns);
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 3, "backoff": {"baseSeconds": 3, "maxSeconds": 30, "jitterPercent": 0}}}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "flaky"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let mut delays = Vec::new();
+    for attempt in 1..=3 {
+        run_attempt(&items, "flaky", "agent-1", false).await;
+        if attempt < 3 {
+            let backoff = wait_for(LONG, "Backoff after this attempt", || async {
+                let i = items.get("flaky").await.ok()?;
+                let s = i.status.as_ref()?;
+                (s.phase == Some(Phase::Backoff) && s.last_error.as_ref()?.attempt == attempt)
+                    .then_some(i)
+            })
+            .await;
+            let status = backoff.status.expect("status");
+            let retry_at = status.retry_at.expect("retryAt").0;
+            let last_error = status.last_error.expect("lastError");
+            let failed_at = last_error.at.expect("lastError.at").0;
+            delays.push(retry_at.duration_since(failed_at).as_secs_f64());
+            assert_eq!(last_error.reason, "ExitCode");
+        }
+    }
+    // Status times have second precision: 3 s then 6 s, each ±1.
+    assert!(delays[1] >= delays[0] + 1.5, "delays grow: {delays:?}");
+    let dead = wait_phase(&items, "flaky", Phase::DeadLettered).await;
+    let status = dead.status.expect("status");
+    assert_eq!(
+        status.last_error.expect("lastError").reason,
+        "MaxAttemptsExceeded"
+    );
+    assert_eq!(status.attempts.len(), 3, "attempt history kept");
+
+    // Redrive by annotation: back to Queued with attempts reset.
+    items
+        .patch(
+            "flaky",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"triad.dev/redrive": "now"}}})),
+        )
+        .await
+        .expect("annotate");
+    let back = wait_phase(&items, "flaky", Phase::Queued).await;
+    assert_eq!(back.status.expect("status").attempt, 0);
+    wait_for(LONG, "redrive annotation removed", || async {
+        let i = items.get("flaky").await.ok()?;
+        (!i.annotations().contains_key("triad.dev/redrive")).then_some(())
+    })
+    .await;
+    run_attempt(&items, "flaky", "agent-1", true).await;
+    wait_phase(&items, "flaky", Phase::Succeeded).await;
+}
+
+#[tokio::test]
+async fn a_passed_deadline_dead_letters_with_attempts_left() {
+    let ns = TestNamespace::new("deadline").await;
+    let _s = start_scheduler(&ns);
+    apply::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 5, "backoff": {"baseSeconds": 30, "maxSeconds": 60}}}})).await;
+    let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4);
+    apply::<WorkItem>(&ns, json!({"metadata": {"name": "late"}, "spec": {"queue": "q", "deadline": deadline.to_string()}})).await;
+    let items: Api<WorkItem> = ns.api();
+    run_attempt(&items, "late", "agent-1", false).await;
+    wait_phase(&items, "late", Phase::Backoff).await;
+    let dead = wait_phase(&items, "late", Phase::DeadLettered).await;
+    let status = dead.status.expect("status");
+    assert_eq!(
+        status.last_error.expect("lastError").reason,
+        "DeadlineExceeded"
+    );
+    assert_eq!(status.attempt, 1, "dead-lettered with 4 attempts left");
+}
+
+#[tokio::test]
+async fn waiting_items_say_why() {
+    let ns = TestNamespace::new("why").await;
+    let _s = start_scheduler(&ns);
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "a1"}, "spec": {"types": ["dup"]}}),
+    )
+    .await;
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "a2"}, "spec": {"types": ["dup"]}}),
+    )
+    .await;
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "narrow"}, "spec": {"maxInFlight": 1}}),
+    )
+    .await;
+    apply::<triad::api::AgentPool>(
+        &ns,
+        json!({"metadata": {"name": "narrow-pool"}, "spec": {"queues": [{"name": "narrow"}], "replicas": 0, "template": {}}}),
+    )
+    .await;
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "typed"}, "spec": {"type": "nobody"}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "ambiguous"}, "spec": {"type": "dup"}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "dep"}, "spec": {"queue": "a1", "dependsOn": ["missing"]}}),
+    )
+    .await;
+    apply::<WorkItem>(&ns, json!({"metadata": {"name": "future"}, "spec": {"queue": "a1", "notBefore": later.to_string()}})).await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "first"}, "spec": {"queue": "narrow"}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "second"}, "spec": {"queue": "narrow"}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "lonely"}, "spec": {"queue": "a1"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let why = |name: &'static str, needle: &'static str| {
+        let items = items.clone();
+        async move {
+            wait_for(LONG, &format!("{name} to explain '{needle}'"), || async {
+                let i = items.get(name).await.ok()?;
+                i.status
+                    .and_then(|s| s.waiting)
+                    .filter(|w| w.contains(needle))
+            })
+            .await
+        }
+    };
+    why("typed", "no queue accepts type nobody").await;
+    why("ambiguous", "queues a1, a2 all accept type dup").await;
+    why("dep", "waiting for dependency missing").await;
+    why("future", "not before").await;
+    why("lonely", "no agent pool serves queue a1").await;
+    // maxInFlight 1: one item admitted, the other waits for room.
+    let admitted = wait_for(LONG, "one narrow item admitted", || async {
+        let a = phase_of(&items, "first").await;
+        let b = phase_of(&items, "second").await;
+        match (a, b) {
+            (Some(Phase::Queued), Some(Phase::Pending)) => Some("second"),
+            (Some(Phase::Pending), Some(Phase::Queued)) => Some("first"),
+            _ => None,
+        }
+    })
+    .await;
+    why(admitted, "at maxInFlight").await;
+    let typed = items.get("typed").await.expect("typed");
+    let condition = typed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Routed")
+        .expect("Routed condition");
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "QueueNotFound")
+    );
+
+    // The queue appears: the typed item moves on by itself.
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "late-queue"}, "spec": {"types": ["nobody"]}}),
+    )
+    .await;
+    wait_phase(&items, "typed", Phase::Queued).await;
+}
+
+#[tokio::test]
+async fn restarting_the_scheduler_loses_and_duplicates_nothing() {
+    let ns = TestNamespace::new("restart").await;
+    let first = start_scheduler(&ns);
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"types": ["t"]}}),
+    )
+    .await;
+    let tasks: Vec<_> = (0..10).map(|i| json!({"name": format!("t{i}"), "type": "t", "dependsOn": if i == 0 { json!([]) } else { json!(["t0"]) }})).collect();
+    apply::<WorkRequest>(
+        &ns,
+        json!({"metadata": {"name": "big"}, "spec": {"tasks": tasks}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    wait_for(LONG, "10 items", || async {
+        (items.list(&Default::default()).await.ok()?.items.len() == 10).then_some(())
+    })
+    .await;
+    run_attempt(&items, "big-t0", "agent-1", true).await;
+    first.abort();
+    let _ = first.await;
+    let _second = start_scheduler(&ns);
+    for i in 1..10 {
+        run_attempt(&items, &format!("big-t{i}"), "agent-1", true).await;
+    }
+    let requests: Api<WorkRequest> = ns.api();
+    wait_for(LONG, "request Succeeded", || async {
+        let r = requests.get("big").await.ok()?;
+        (r.status.as_ref()?.phase == Some(triad::api::RequestPhase::Succeeded)).then_some(())
+    })
+    .await;
+    let list = items.list(&Default::default()).await.expect("list");
+    assert_eq!(list.items.len(), 10, "no duplicates");
+    assert!(
+        list.items
+            .iter()
+            .all(|i| i.phase() == Some(Phase::Succeeded)
+                && i.status.as_ref().map(|s| s.attempt) == Some(1))
+    );
+}
