@@ -156,23 +156,26 @@ pub async fn fenced_patch(
     let mut all = fence_tests(fence);
     all.extend(ops);
     let patch: Patch<()> = Patch::Json(JsonPatch(all));
-    api.patch_status(name, &super::patch_params(managers::AGENT), &patch)
-        .await
-        .map_err(classify)
+    match api.patch_status(name, &super::patch_params(managers::AGENT), &patch).await {
+        Ok(item) => Ok(item),
+        // A missing item means someone deleted it: our claim is gone.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Err(FenceError::Fenced),
+        // A failed `test` comes back as a bare 422 ("the server rejected our request
+        // due to an error in our request"), indistinguishable from a CEL refusal, so
+        // look at the item: if the claim moved on we were fenced, else the content
+        // was refused.
+        Err(kube::Error::Api(s)) if s.code == 422 => match api.get_opt(name).await {
+            Ok(Some(current)) if still_holds(&current, fence) => Err(FenceError::Invalid(s.message)),
+            Ok(_) => Err(FenceError::Fenced),
+            Err(e) => Err(FenceError::Api(e)),
+        },
+        Err(other) => Err(FenceError::Api(other)),
+    }
 }
 
-fn classify(err: kube::Error) -> FenceError {
-    match err {
-        // A failed `test` comes back as 422 (or 500 on some versions) naming the test;
-        // a missing item means someone deleted it: either way our claim is gone.
-        kube::Error::Api(s) if s.code == 404 => FenceError::Fenced,
-        kube::Error::Api(s) if s.code == 409 => FenceError::Fenced,
-        kube::Error::Api(s) if s.message.contains("test") && s.message.contains("fail") => {
-            FenceError::Fenced
-        }
-        kube::Error::Api(s) if s.code == 422 => FenceError::Invalid(s.message),
-        other => FenceError::Api(other),
-    }
+/// True while `fence` is the item's current claim on a Running item.
+pub fn still_holds(item: &WorkItem, fence: &Fence) -> bool {
+    Fence::of(item).as_ref() == Some(fence) && item.phase() == Some(Phase::Running)
 }
 
 /// The completion: phase Succeeded with the outcome and result, under the fence.

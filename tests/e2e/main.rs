@@ -3,4 +3,5 @@
 mod api;
 mod pool;
 mod scheduler;
+mod supervisor;
 mod support;
