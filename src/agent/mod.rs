@@ -1,1 +1,722 @@
-//! The agent runtime (`triad agent -- <work command…>`).
+//! The agent runtime (`triad agent -- <work command…>`): claim an item from the pool's
+//! queues, run the work command once for it, report, repeat.
+//!
+//! | Module | Does |
+//! |---|---|
+//! | [`config`] | the env/flags the pool controller injects, validated |
+//! | [`candidates`] | slim watch cache of the queues' items; what to claim next |
+//! | [`heartbeat`] | the agent's Lease and whether it is still fresh |
+//! | [`work`] | the work command's process group, report tailing, CPU/wall time |
+//! | [`report`] | the report-line parser and the folded report state |
+//! | [`writer`] | fenced writes: progress, usage, violations, outcomes |
+//! | [`decide`] | pure: how an attempt ended; whether to stop the held item |
+//! | [`metrics`] | the agent's Prometheus families |
+//!
+//! One item at a time. Everything written for a held item is fenced, and nothing is
+//! written once the agent has reason to believe it lost the item (fenced out, or its
+//! lease too old to be sure it was not).
+
+pub mod candidates;
+pub mod config;
+pub mod decide;
+pub mod heartbeat;
+pub mod metrics;
+pub mod report;
+pub mod work;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use self::candidates::{SharedCache, lock};
+use self::config::AgentConfig;
+use self::heartbeat::LeaseHealth;
+use self::metrics::{AgentMetrics, outcome};
+use self::report::ReportState;
+use self::work::{Launch, ReportDir, ReportTail, Work, usage_with_measured};
+use self::writer::{
+    Attempt, Ending, ItemWriter, ending_ops, progress_ops, progress_value, violation_op,
+};
+use crate::api::{LifecycleType, MAX_PAYLOAD_BYTES, OutcomeKind, WorkItem, WorkQueue};
+use crate::k8s::fence::{AgentIdentity, ClaimError, FenceError, claim};
+
+/// How often the run loop looks at the report file, the lease and the held item.
+const TICK: Duration = Duration::from_millis(200);
+/// The runtime's own measurements (wall, CPU) are refreshed at most this often when
+/// the command reports nothing, so budget monitors see long silent runs.
+const MEASURED_REFRESH: Duration = Duration::from_secs(15);
+/// Upper bound on one API write, so a hung connection cannot stall the run loop.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// When draining, the work gets at most this long between SIGTERM and SIGKILL so the
+/// Released outcome is written within the pod's grace period.
+const DRAIN_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the agent until it is told to stop (`shutdown` resolves: drain and exit), or
+/// its lifecycle or empty-queue policy ends it.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config::check_command(&cfg.command).map_err(anyhow::Error::msg)?;
+    let client = crate::k8s::client::client()
+        .await
+        .context("connecting to the API server")?;
+    let state = crate::serve::State::new();
+    let metrics = state.with_registry(AgentMetrics::register);
+    let server = crate::serve::spawn(cfg.metrics_addr, state.clone())
+        .await
+        .with_context(|| format!("serving metrics on {}", cfg.metrics_addr))?;
+    tracing::info!(
+        agent = %cfg.name, namespace = %cfg.namespace, pool = ?cfg.pool,
+        queues = ?cfg.queues.iter().map(|q| format!("{}:{}", q.name, q.weight)).collect::<Vec<_>>(),
+        metrics = %server.local_addr, command = ?cfg.command, "agent starting"
+    );
+
+    let (drain_tx, drain) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("asked to stop: draining");
+        let _ = drain_tx.send(true);
+    });
+
+    let owner = cfg.pod_uid.clone().map(|uid| OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: cfg.name.clone(),
+        uid,
+        ..Default::default()
+    });
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let lease_spec = heartbeat::LeaseSpec {
+        agent: cfg.name.clone(),
+        owner,
+        duration: cfg.lease_duration,
+    };
+    let (lease_name, lease, renewer) = heartbeat::start(leases, lease_spec, metrics.clone())
+        .await
+        .context("acquiring the agent lease")?;
+
+    let items: Api<WorkItem> = Api::namespaced(client.clone(), &cfg.namespace);
+    let queues_api: Api<WorkQueue> = Api::namespaced(client.clone(), &cfg.namespace);
+    let cache: SharedCache = Arc::new(std::sync::Mutex::new(candidates::Cache::new(
+        candidates::item_streams(&cfg.queues),
+    )));
+    let changed = Arc::new(Notify::new());
+    let watches = candidates::spawn_watches(
+        items.clone(),
+        queues_api,
+        cfg.queues.clone(),
+        cache.clone(),
+        changed.clone(),
+    );
+
+    let agent = Agent {
+        identity: AgentIdentity {
+            agent: cfg.name.clone(),
+            pod: Some(cfg.name.clone()),
+            lease: Some(lease_name),
+        },
+        cfg,
+        items,
+        cache,
+        changed,
+        lease,
+        metrics,
+        drain,
+        serve: state.clone(),
+        claim_lapses: 0,
+    };
+    let result = agent.run().await;
+
+    state.set_ready(false);
+    renewer.abort();
+    for w in watches {
+        w.abort();
+    }
+    server.shutdown().await;
+    match &result {
+        Ok(why) => tracing::info!(%why, "agent stopped"),
+        Err(e) => tracing::error!(error = %e, "agent failed"),
+    }
+    result.map(|_| ())
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    identity: AgentIdentity,
+    items: Api<WorkItem>,
+    cache: SharedCache,
+    changed: Arc<Notify>,
+    lease: LeaseHealth,
+    metrics: AgentMetrics,
+    drain: watch::Receiver<bool>,
+    serve: crate::serve::State,
+    /// Lease lapses counted when the held item was claimed.
+    claim_lapses: u64,
+}
+
+/// Why the agent stopped the held item's work before it ended by itself.
+#[derive(Clone, Debug, PartialEq)]
+enum Stop {
+    /// Cooperative cancel (`spec.cancel`, `CancelRequested`): end as asked.
+    Cancel(Ending),
+    /// The agent is draining and the work did not finish in time: outcome Released.
+    Drain,
+    /// The claim is no longer ours: write nothing.
+    Fenced,
+    /// The lease is too old to be sure the claim is ours: write nothing.
+    LeaseLost,
+}
+
+/// How one item went, for the run loop.
+enum Handled {
+    Done,
+    /// The work command could not be started: the agent itself is broken.
+    Broken(anyhow::Error),
+}
+
+impl Agent {
+    fn draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    async fn run(mut self) -> anyhow::Result<&'static str> {
+        // Claim nothing before every watch has listed: a half-filled cache would
+        // ignore maxInFlight and priorities.
+        loop {
+            if lock(&self.cache).synced() {
+                break;
+            }
+            if self.draining() {
+                return Ok("stopped before the caches synced");
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.drain.changed() => {}
+            }
+        }
+        self.serve.set_ready(true);
+        tracing::info!("caches synced; claiming");
+
+        let mut skip: HashMap<String, String> = HashMap::new();
+        let mut done: u32 = 0;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            if self.draining() {
+                return Ok("drained");
+            }
+            if self.cfg.lifecycle == LifecycleType::Mortal
+                && self.cfg.max_items.is_some_and(|m| done >= m)
+            {
+                return Ok("mortal agent finished its items");
+            }
+            if !self.lease.fresh() {
+                // Nothing may be claimed on a lease we cannot vouch for; the
+                // heartbeat keeps trying and we resume once it succeeds.
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = self.drain.changed() => {}
+                }
+                continue;
+            }
+            if skip.len() > 10_000 {
+                skip.clear();
+            }
+            let pick = {
+                let mut rng = rand::rng();
+                lock(&self.cache).pick(
+                    &self.cfg.queues,
+                    &skip,
+                    self.cfg.top_k,
+                    jiff::Timestamp::now(),
+                    Instant::now(),
+                    &mut rng,
+                )
+            };
+            let Some(pick) = pick else {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if self.cfg.empty_queue_policy == crate::api::EmptyQueuePolicy::Exit
+                    && since.elapsed() >= self.cfg.idle_exit
+                {
+                    return Ok("queues empty (empty-queue policy Exit)");
+                }
+                // Woken by any watch event; the timeout covers retryAt/notBefore passing.
+                tokio::select! {
+                    _ = self.changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.drain.changed() => {}
+                }
+                continue;
+            };
+            idle_since = None;
+            for candidate in pick.order {
+                if self.draining() || !self.lease.fresh() {
+                    break;
+                }
+                let Some(name) = candidate.metadata.name.clone() else {
+                    continue;
+                };
+                let rv = candidate
+                    .metadata
+                    .resource_version
+                    .clone()
+                    .unwrap_or_default();
+                self.metrics.claim_attempts.inc();
+                // A lapse from here on means the claim may have been taken from us.
+                self.claim_lapses = self.lease.lapses();
+                match claim(&self.items, &candidate, &self.identity).await {
+                    Ok(item) => {
+                        // Our claim's old version may still be in the cache for a moment.
+                        skip.insert(name.clone(), rv);
+                        if let Some(seen) = lock(&self.cache).first_seen(&name) {
+                            self.metrics
+                                .claim_latency
+                                .observe(seen.elapsed().as_secs_f64());
+                        }
+                        tracing::info!(item = %name, queue = %pick.queue, attempt = item.status.as_ref().map(|s| s.attempt), "claimed");
+                        done += 1;
+                        if let Handled::Broken(e) = self.handle(item).await {
+                            return Err(e);
+                        }
+                        break;
+                    }
+                    Err(ClaimError::Conflict) => {
+                        // Another agent won (or the item moved on): try the next one,
+                        // never the same head again at this version.
+                        self.metrics.claim_conflicts.inc();
+                        skip.insert(name, rv);
+                    }
+                    Err(ClaimError::NotFound) => {
+                        skip.insert(name, rv);
+                    }
+                    Err(ClaimError::Api(e)) => {
+                        tracing::warn!(item = %name, error = %e, "claim failed");
+                        skip.insert(name, rv);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one claimed item to its end and writes the outcome (or nothing, if the
+    /// item was taken from us).
+    async fn handle(&mut self, item: WorkItem) -> Handled {
+        self.metrics.busy.set(1);
+        let handled = self.handle_inner(item).await;
+        self.metrics.busy.set(0);
+        handled
+    }
+
+    async fn handle_inner(&mut self, item: WorkItem) -> Handled {
+        let Some(attempt) = Attempt::of(&item) else {
+            tracing::error!("claimed item has no claim in its status; skipping it");
+            return Handled::Done;
+        };
+        let writer = ItemWriter {
+            api: self.items.clone(),
+            attempt,
+        };
+        let name = writer.attempt.name.clone();
+        let key = format!("{}/{}", self.cfg.namespace, name);
+
+        let payload = item.spec.payload.clone().unwrap_or_else(|| json!({}));
+        let payload = serde_json::to_string(&payload).unwrap_or_else(|_| "{}".into());
+        // From here on only the slim view is kept: the payload lives in `payload` only.
+        let mut view = candidates::slim(item);
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            let ending = Ending::new(
+                OutcomeKind::FailedPermanently,
+                "PayloadTooLarge",
+                format!(
+                    "the payload is {} bytes, over the limit of {MAX_PAYLOAD_BYTES} bytes: pass large inputs by reference (for example an object-storage URL)",
+                    payload.len()
+                ),
+            );
+            self.finish(
+                &writer,
+                &ending,
+                None,
+                &ReportState::default(),
+                None,
+                (0.0, 0.0),
+            )
+            .await;
+            return Handled::Done;
+        }
+
+        let dir = match ReportDir::create(&key, writer.attempt.attempt) {
+            Ok(d) => d,
+            Err(e) => {
+                return self
+                    .cannot_start(
+                        &writer,
+                        anyhow::Error::new(e).context("creating the report file"),
+                    )
+                    .await;
+            }
+        };
+        let env = vec![
+            ("TRIAD_ITEM".to_owned(), key.clone()),
+            (
+                "TRIAD_ATTEMPT".to_owned(),
+                writer.attempt.attempt.to_string(),
+            ),
+            ("TRIAD_PAYLOAD".to_owned(), payload.clone()),
+            (
+                "TRIAD_REPORT".to_owned(),
+                dir.path.to_string_lossy().into_owned(),
+            ),
+        ];
+        let mut stdin = payload.into_bytes();
+        stdin.push(b'\n');
+        let mut work = match Work::spawn(Launch {
+            command: &self.cfg.command,
+            env,
+            stdin,
+            guarded: self.cfg.guard_work,
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                return self
+                    .cannot_start(
+                        &writer,
+                        anyhow::Error::new(e).context("starting the work command"),
+                    )
+                    .await;
+            }
+        };
+        let mut tail = match ReportTail::open(&dir.path).await {
+            Ok(t) => t,
+            Err(e) => {
+                work.kill();
+                let _ = work.wait().await;
+                return self
+                    .cannot_start(
+                        &writer,
+                        anyhow::Error::new(e).context("opening the report file"),
+                    )
+                    .await;
+            }
+        };
+
+        let mut reports = ReportState::default();
+        let mut stop: Option<Stop> = None;
+        let mut kill_at: Option<Instant> = None;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut last_write = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let finished = loop {
+            tokio::select! {
+                r = work.wait() => break r,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = tail.poll(&mut reports).await {
+                tracing::warn!(error = %e, "reading the report file failed");
+            }
+            self.metrics
+                .report_lines_rejected
+                .inc_by(reports.take_rejected());
+
+            if let Some(fresh) = lock(&self.cache).get(&name)
+                && candidates::is_newer(fresh, &view)
+            {
+                view = fresh.clone();
+            }
+            let next = if !self.lease.held_since(self.claim_lapses) {
+                Some(Stop::LeaseLost)
+            } else if candidates::fenced(
+                &view,
+                &writer.attempt.fence.agent,
+                writer.attempt.fence.epoch,
+            ) {
+                Some(Stop::Fenced)
+            } else if let Some(ending) = decide::stop_requested(&view) {
+                Some(Stop::Cancel(ending))
+            } else {
+                if self.draining() && drain_deadline.is_none() {
+                    drain_deadline = Some(Instant::now() + self.cfg.drain);
+                }
+                drain_deadline
+                    .filter(|d| Instant::now() >= *d)
+                    .map(|_| Stop::Drain)
+            };
+            // The first reason to stop wins, except that losing the item overrides a
+            // cancel or drain in progress: then nothing may be written at all.
+            if let Some(next) = next {
+                let escalate = matches!(next, Stop::Fenced | Stop::LeaseLost)
+                    && !matches!(stop, Some(Stop::Fenced | Stop::LeaseLost));
+                if stop.is_none() || escalate {
+                    tracing::info!(item = %name, reason = ?next, "stopping the work");
+                    let grace = match next {
+                        Stop::Drain => self.cfg.cancel_grace.min(DRAIN_KILL_GRACE),
+                        _ => self.cfg.cancel_grace,
+                    };
+                    work.terminate();
+                    kill_at = Some(
+                        kill_at.map_or(Instant::now() + grace, |k| k.min(Instant::now() + grace)),
+                    );
+                    stop = Some(next);
+                }
+            }
+            if kill_at.is_some_and(|k| Instant::now() >= k) {
+                work.kill();
+            }
+
+            if stop.is_none() {
+                let due = (reports.changed || reports.violation_pending)
+                    && last_write.elapsed() >= self.cfg.progress_interval;
+                let refresh =
+                    last_write.elapsed() >= MEASURED_REFRESH.max(self.cfg.progress_interval);
+                if due || refresh {
+                    last_write = Instant::now();
+                    match self
+                        .write_progress(&writer, &mut reports, &view, &work)
+                        .await
+                    {
+                        Ok(Some(updated)) => {
+                            let updated = candidates::slim(updated);
+                            if candidates::is_newer(&updated, &view) {
+                                view = updated;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(()) => {
+                            tracing::info!(item = %name, "fenced out; stopping the work");
+                            work.terminate();
+                            kill_at = Some(Instant::now() + self.cfg.cancel_grace);
+                            stop = Some(Stop::Fenced);
+                        }
+                    }
+                }
+            }
+        };
+
+        let finished = match finished {
+            Ok(f) => f,
+            Err(e) => {
+                // Should not happen (the wait thread always reports); treat the item as
+                // lost rather than guess its outcome.
+                tracing::error!(item = %name, error = %e, "lost track of the work command");
+                work.kill();
+                self.metrics.item(outcome::FENCED);
+                return Handled::Done;
+            }
+        };
+        self.metrics.work_duration.observe(finished.wall_seconds);
+        if let Err(e) = tail.drain(&mut reports).await {
+            tracing::warn!(error = %e, "reading the rest of the report file failed");
+        }
+        self.metrics
+            .report_lines_rejected
+            .inc_by(reports.take_rejected());
+        drop(dir);
+
+        let (ending, result) = match stop {
+            Some(Stop::Fenced) => {
+                self.metrics.item(outcome::FENCED);
+                tracing::warn!(item = %name, "the item was taken from this agent; abandoned it");
+                return Handled::Done;
+            }
+            Some(Stop::LeaseLost) => {
+                self.metrics.item(outcome::LEASE_LOST);
+                tracing::warn!(item = %name, "lease not renewed in time; gave the item up without writing");
+                return Handled::Done;
+            }
+            Some(Stop::Cancel(ending)) => (ending, None),
+            Some(Stop::Drain) => (
+                Ending::new(
+                    OutcomeKind::Released,
+                    "Drained",
+                    format!(
+                        "the agent was stopping and the work did not finish within {:?}",
+                        self.cfg.drain
+                    ),
+                ),
+                None,
+            ),
+            None => decide::ending(finished.exit, &reports, &work.last_stderr_line()),
+        };
+        tracing::info!(item = %name, outcome = ?ending.kind, reason = ?ending.reason, exit = ?finished.exit,
+            wall = finished.wall_seconds, cpu = finished.cpu_seconds, "work finished");
+        let measured = (finished.wall_seconds, finished.cpu_seconds);
+        self.finish(&writer, &ending, result, &reports, Some(&view), measured)
+            .await;
+        Handled::Done
+    }
+
+    /// The work command cannot even start: give the item back (not the item's fault)
+    /// and report the agent broken, so its pod restarts and the pool shows why.
+    async fn cannot_start(&self, writer: &ItemWriter, err: anyhow::Error) -> Handled {
+        let ending = Ending::new(OutcomeKind::Released, "StartFailed", format!("{err:#}"));
+        self.finish(
+            writer,
+            &ending,
+            None,
+            &ReportState::default(),
+            None,
+            (0.0, 0.0),
+        )
+        .await;
+        Handled::Broken(err)
+    }
+
+    /// One progress/usage (and violation) write. `Err(())` means fenced out.
+    async fn write_progress(
+        &self,
+        writer: &ItemWriter,
+        reports: &mut ReportState,
+        view: &WorkItem,
+        work: &Work,
+    ) -> Result<Option<WorkItem>, ()> {
+        let now = crate::k8s::now();
+        let usage = usage_with_measured(
+            &reports.usage,
+            work.elapsed().as_secs_f64(),
+            work.cpu_seconds_so_far(),
+        );
+        let mut ops = progress_ops(reports.changed.then_some((&reports.progress, &now)), &usage);
+        if reports.violation_pending
+            && let Some(v) = &reports.violation
+        {
+            let conditions = view
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .filter(|c| !c.is_empty());
+            ops.push(violation_op(conditions, v, reports.violations, &now));
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, writer.send(ops)).await {
+            Ok(Ok(item)) => {
+                reports.changed = false;
+                reports.violation_pending = false;
+                Ok(Some(item))
+            }
+            Ok(Err(FenceError::Fenced)) => Err(()),
+            Ok(Err(FenceError::Invalid(msg))) => {
+                // Retrying the same content would be refused again; drop it.
+                tracing::warn!(item = %writer.attempt.name, %msg, "progress write refused");
+                reports.changed = false;
+                reports.violation_pending = false;
+                Ok(None)
+            }
+            Ok(Err(FenceError::Api(e))) => {
+                tracing::warn!(item = %writer.attempt.name, error = %e, "progress write failed; will retry");
+                Ok(None)
+            }
+            Err(_) => {
+                tracing::warn!(item = %writer.attempt.name, "progress write timed out; will retry");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes how the attempt ended, retrying transient errors while the lease is
+    /// fresh. Once the lease is stale, or the fence refuses, nothing more is written.
+    async fn finish(
+        &self,
+        writer: &ItemWriter,
+        ending: &Ending,
+        result: Option<serde_json::Value>,
+        reports: &ReportState,
+        view: Option<&WorkItem>,
+        (wall, cpu): (f64, f64),
+    ) {
+        let usage = usage_with_measured(&reports.usage, wall, cpu);
+        let now = crate::k8s::now();
+        let progress = (reports.progress != Default::default())
+            .then(|| progress_value(&reports.progress, &now));
+        // A violation reported since the last progress write goes out with the outcome.
+        let violation = reports
+            .violation
+            .as_ref()
+            .filter(|_| reports.violation_pending)
+            .map(|v| {
+                let conditions = view
+                    .and_then(|v| v.status.as_ref())
+                    .map(|s| s.conditions.as_slice())
+                    .filter(|c| !c.is_empty());
+                violation_op(conditions, v, reports.violations, &now)
+            });
+        let mut ending = ending.clone();
+        let mut result = result;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            if !self.lease.held_since(self.claim_lapses) {
+                self.metrics.item(outcome::LEASE_LOST);
+                tracing::warn!(item = %writer.attempt.name, "lease not renewed in time; not writing the outcome");
+                return;
+            }
+            let mut ops = ending_ops(
+                &writer.attempt,
+                &ending,
+                result.clone(),
+                &usage,
+                progress.clone(),
+                &now,
+            );
+            if let Some(v) = &violation {
+                // First, so the completion's phase stays the last op.
+                ops.insert(0, v.clone());
+            }
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.send(ops)).await {
+                Ok(Ok(_)) => {
+                    self.metrics.item(kind_label(ending.kind));
+                    return;
+                }
+                Ok(Err(FenceError::Fenced)) => {
+                    self.metrics.item(outcome::FENCED);
+                    tracing::warn!(item = %writer.attempt.name, outcome = ?ending.kind, "outcome refused by the fence: the item is no longer ours");
+                    return;
+                }
+                Ok(Err(FenceError::Invalid(msg))) if ending.kind == OutcomeKind::Succeeded => {
+                    // The API server refused what the command produced (for example a
+                    // result it cannot store): say so on the item instead.
+                    tracing::warn!(item = %writer.attempt.name, %msg, "completion refused; recording the failure");
+                    ending = Ending::new(
+                        OutcomeKind::FailedPermanently,
+                        "StatusRejected",
+                        crate::agent::report::cut(&msg, 1024),
+                    );
+                    result = None;
+                }
+                Ok(Err(FenceError::Invalid(msg))) => {
+                    tracing::error!(item = %writer.attempt.name, %msg, outcome = ?ending.kind, "outcome refused by the API server");
+                    return;
+                }
+                Ok(Err(FenceError::Api(e))) => {
+                    tracing::warn!(item = %writer.attempt.name, error = %e, "writing the outcome failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(_) => {
+                    tracing::warn!(item = %writer.attempt.name, "writing the outcome timed out; retrying");
+                }
+            }
+        }
+    }
+}
+
+fn kind_label(kind: OutcomeKind) -> &'static str {
+    match kind {
+        OutcomeKind::Succeeded => "Succeeded",
+        OutcomeKind::Failed => "Failed",
+        OutcomeKind::FailedPermanently => "FailedPermanently",
+        OutcomeKind::Cancelled => "Cancelled",
+        OutcomeKind::LeaseExpired => "LeaseExpired",
+        OutcomeKind::Released => "Released",
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests against the real local control plane (see `support`).
 
+mod agent;
 mod api;
 mod pool;
 mod scheduler;

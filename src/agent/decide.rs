@@ -1,0 +1,245 @@
+//! The agent's own small decisions, pure: how an attempt ended, and whether the item
+//! we hold asks us to stop.
+
+use serde_json::Value;
+
+use super::report::ReportState;
+use super::work::Exit;
+use super::writer::Ending;
+use crate::api::{OutcomeKind, WorkItem, find_condition};
+use crate::core::supervision::{attempt_started_at, conditions, requested_stop};
+
+/// The outcome of an attempt whose command exited on its own, and the result to write.
+///
+/// - A `fail` report decides: retryable → `Failed`, otherwise `FailedPermanently`,
+///   whatever the exit code (the command said it failed).
+/// - Exit 0 → `Succeeded`, unless a `result` line was refused (over `MAX_RESULT_BYTES`,
+///   or not an object): then `FailedPermanently` (`ResultTooLarge` / `InvalidResult`),
+///   since running it again would produce the same result.
+/// - Any other exit → `Failed` / `ExitCode` (or `Signal`), retryable.
+pub fn ending(exit: Exit, reports: &ReportState, last_stderr: &str) -> (Ending, Option<Value>) {
+    let exited = match exit {
+        Exit::Code(c) => format!("exit code {c}"),
+        Exit::Signal(s) => format!("killed by signal {s}"),
+    };
+    let said = if last_stderr.is_empty() {
+        exited
+    } else {
+        format!("{exited}: {last_stderr}")
+    };
+    if let Some(f) = &reports.fail {
+        let kind = if f.retryable {
+            OutcomeKind::Failed
+        } else {
+            OutcomeKind::FailedPermanently
+        };
+        return (Ending::new(kind, &f.reason, said), None);
+    }
+    match exit {
+        Exit::Code(0) => match &reports.result_refused {
+            Some(why) => {
+                let reason = if why.contains("limit") {
+                    "ResultTooLarge"
+                } else {
+                    "InvalidResult"
+                };
+                (
+                    Ending::new(
+                        OutcomeKind::FailedPermanently,
+                        reason,
+                        format!("result refused: {why}"),
+                    ),
+                    None,
+                )
+            }
+            None => (
+                Ending {
+                    kind: OutcomeKind::Succeeded,
+                    reason: None,
+                    message: None,
+                },
+                reports.result.clone(),
+            ),
+        },
+        Exit::Code(_) => (Ending::new(OutcomeKind::Failed, "ExitCode", said), None),
+        Exit::Signal(_) => (Ending::new(OutcomeKind::Failed, "Signal", said), None),
+    }
+}
+
+/// Whether the held item asks us to stop, and how the attempt should then end:
+/// `spec.cancel` (Cancelled), or a `CancelRequested` condition raised during this
+/// attempt, ending as the supervisor asked (`StopRequest::outcome`: a retryable
+/// failure for a restart, Cancelled/Escalated for an escalation, …). A condition
+/// whose message the supervisor's format does not explain still stops the work, as
+/// Cancelled with the condition's reason.
+pub fn stop_requested(view: &WorkItem) -> Option<Ending> {
+    if view.spec.cancel {
+        return Some(Ending::new(
+            OutcomeKind::Cancelled,
+            "Cancelled",
+            "spec.cancel is set",
+        ));
+    }
+    if let Some(stop) = requested_stop(view) {
+        let (kind, reason) = stop.outcome();
+        let message = find_condition(
+            &view.status.as_ref()?.conditions,
+            conditions::CANCEL_REQUESTED,
+        )
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+        return Some(Ending::new(kind, &reason, message));
+    }
+    let status = view.status.as_ref()?;
+    let c = find_condition(&status.conditions, conditions::CANCEL_REQUESTED)
+        .filter(|c| c.status == "True")?;
+    // One left over from an earlier attempt does not stop this one.
+    if attempt_started_at(view).is_some_and(|s| c.last_transition_time.0 < s) {
+        return None;
+    }
+    let reason = if c.reason.is_empty() {
+        conditions::CANCEL_REQUESTED
+    } else {
+        c.reason.as_str()
+    };
+    Some(Ending::new(
+        OutcomeKind::Cancelled,
+        reason,
+        c.message.clone(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Claim, MAX_RESULT_BYTES, WorkItemSpec, WorkItemStatus};
+    use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use serde_json::json;
+
+    fn state(lines: &[&str]) -> ReportState {
+        let mut s = ReportState::default();
+        for l in lines {
+            s.line(l.as_bytes());
+        }
+        s
+    }
+
+    #[test]
+    fn exit_zero_succeeds_with_the_result() {
+        let (e, r) = ending(Exit::Code(0), &state(&[r#"{"result": {"a": 1}}"#]), "");
+        assert_eq!(e.kind, OutcomeKind::Succeeded);
+        assert_eq!(r, Some(json!({"a": 1})));
+    }
+
+    #[test]
+    fn oversized_result_fails_permanently_with_a_clear_message() {
+        let big = format!(
+            r#"{{"result": {{"blob": "{}"}}}}"#,
+            "x".repeat(MAX_RESULT_BYTES)
+        );
+        let (e, r) = ending(Exit::Code(0), &state(&[&big]), "");
+        assert_eq!(e.kind, OutcomeKind::FailedPermanently);
+        assert_eq!(e.reason.as_deref(), Some("ResultTooLarge"));
+        assert!(e.message.unwrap().contains(&MAX_RESULT_BYTES.to_string()));
+        assert_eq!(r, None);
+        let (e, _) = ending(Exit::Code(0), &state(&[r#"{"result": "text"}"#]), "");
+        assert_eq!(e.reason.as_deref(), Some("InvalidResult"));
+    }
+
+    #[test]
+    fn nonzero_exit_is_retryable_with_the_last_stderr_line() {
+        let (e, _) = ending(Exit::Code(3), &ReportState::default(), "boom");
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::Failed, Some("ExitCode"))
+        );
+        assert_eq!(e.message.as_deref(), Some("exit code 3: boom"));
+        let (e, _) = ending(Exit::Signal(9), &ReportState::default(), "");
+        assert_eq!(e.message.as_deref(), Some("killed by signal 9"));
+    }
+
+    #[test]
+    fn a_fail_report_decides() {
+        let (e, _) = ending(
+            Exit::Code(1),
+            &state(&[r#"{"fail": {"reason": "BadInput"}}"#]),
+            "",
+        );
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::FailedPermanently, Some("BadInput"))
+        );
+        let (e, _) = ending(
+            Exit::Code(0),
+            &state(&[r#"{"fail": {"reason": "Flaky", "retryable": true}}"#]),
+            "",
+        );
+        assert_eq!(e.kind, OutcomeKind::Failed);
+    }
+
+    fn holding(reason: &str, message: &str, condition_at: i64) -> WorkItem {
+        let mut wi = WorkItem::new("x", WorkItemSpec::default());
+        wi.status = Some(WorkItemStatus {
+            claim: Some(Claim {
+                agent: "a".into(),
+                epoch: 1,
+                acquired_at: Some(Time(Timestamp::from_second(1000).unwrap())),
+                ..Default::default()
+            }),
+            conditions: vec![Condition {
+                type_: conditions::CANCEL_REQUESTED.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: Time(Timestamp::from_second(condition_at).unwrap()),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        wi
+    }
+
+    #[test]
+    fn stops_end_as_the_supervisor_asked() {
+        let e = stop_requested(&holding("Stalled", "retry: no progress for 300s", 1005)).unwrap();
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::Failed, Some("Stalled"))
+        );
+        let e = stop_requested(&holding("Violation", "escalate: pii", 1005)).unwrap();
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::Cancelled, Some("Escalated"))
+        );
+        let e = stop_requested(&holding("ByHand", "please stop", 1005)).unwrap();
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::Cancelled, Some("ByHand"))
+        );
+    }
+
+    #[test]
+    fn a_stale_or_false_condition_does_not_stop() {
+        assert_eq!(
+            stop_requested(&holding("Stalled", "retry: x", 900)),
+            None,
+            "left from an earlier attempt"
+        );
+        assert_eq!(stop_requested(&holding("ByHand", "x", 900)), None);
+        let mut off = holding("ByHand", "x", 1005);
+        off.status.as_mut().unwrap().conditions[0].status = "False".into();
+        assert_eq!(stop_requested(&off), None);
+    }
+
+    #[test]
+    fn spec_cancel_stops() {
+        let mut wi = WorkItem::new("x", WorkItemSpec::default());
+        wi.spec.cancel = true;
+        let e = stop_requested(&wi).unwrap();
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::Cancelled, Some("Cancelled"))
+        );
+    }
+}
