@@ -156,7 +156,10 @@ pub async fn fenced_patch(
     let mut all = fence_tests(fence);
     all.extend(ops);
     let patch: Patch<()> = Patch::Json(JsonPatch(all));
-    match api.patch_status(name, &super::patch_params(managers::AGENT), &patch).await {
+    match api
+        .patch_status(name, &super::patch_params(managers::AGENT), &patch)
+        .await
+    {
         Ok(item) => Ok(item),
         // A missing item means someone deleted it: our claim is gone.
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Err(FenceError::Fenced),
@@ -165,7 +168,9 @@ pub async fn fenced_patch(
         // look at the item: if the claim moved on we were fenced, else the content
         // was refused.
         Err(kube::Error::Api(s)) if s.code == 422 => match api.get_opt(name).await {
-            Ok(Some(current)) if still_holds(&current, fence) => Err(FenceError::Invalid(s.message)),
+            Ok(Some(current)) if still_holds(&current, fence) => {
+                Err(FenceError::Invalid(s.message))
+            }
             Ok(_) => Err(FenceError::Fenced),
             Err(e) => Err(FenceError::Api(e)),
         },

@@ -278,15 +278,15 @@ pub async fn run_election(
                 }
                 Err(err) => {
                     tracing::warn!(%err, lease = elector.lease_name(), "leader election request failed");
-                    if let Some(at) = last_renewed {
-                        if at.elapsed() > renew_deadline {
-                            on_change(false);
-                            let _ = tx.send(false);
-                            return Err(crate::Error::Invalid(format!(
-                                "could not renew {} within {renew_deadline:?}",
-                                elector.lease_name()
-                            )));
-                        }
+                    if let Some(at) = last_renewed
+                        && at.elapsed() > renew_deadline
+                    {
+                        on_change(false);
+                        let _ = tx.send(false);
+                        return Err(crate::Error::Invalid(format!(
+                            "could not renew {} within {renew_deadline:?}",
+                            elector.lease_name()
+                        )));
                     }
                 }
             }

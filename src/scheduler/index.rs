@@ -154,12 +154,12 @@ impl ItemIndex {
                     self.per_queue.remove(&qk);
                 }
             }
-            if e.admitted {
-                if let Some(n) = self.admitted.get_mut(&qk) {
-                    *n -= 1;
-                    if *n <= 0 {
-                        self.admitted.remove(&qk);
-                    }
+            if e.admitted
+                && let Some(n) = self.admitted.get_mut(&qk)
+            {
+                *n -= 1;
+                if *n <= 0 {
+                    self.admitted.remove(&qk);
                 }
             }
         }

@@ -426,14 +426,13 @@ pub fn decide(item: &WorkItem, view: &ItemView<'_>, now: Timestamp, jitter: f64)
                 }
                 Admission::Admit => {
                     let gated = policy.max_in_flight.map(i64::from);
-                    if let Some(max) = gated {
-                        if item.phase() != Some(Phase::Queued)
-                            && view.running_in_queue + view.admitted_in_queue >= max
-                        {
-                            let mut plan = explain_plan(item, view, Phase::Pending, now);
-                            plan.recheck = Some(Duration::from_secs(2));
-                            return plan;
-                        }
+                    if let Some(max) = gated
+                        && item.phase() != Some(Phase::Queued)
+                        && view.running_in_queue + view.admitted_in_queue >= max
+                    {
+                        let mut plan = explain_plan(item, view, Phase::Pending, now);
+                        plan.recheck = Some(Duration::from_secs(2));
+                        return plan;
                     }
                     let explicit_queued = item.phase() == Some(Phase::Queued);
                     let fast = item.phase().is_none() && is_fast_path(item) && gated.is_none();

@@ -416,11 +416,12 @@ impl Scheduler {
         let plan = decide(&item, &view, now, jitter);
         debug!(?plan, "decided");
         let admitting = gated && plan.counted == Some("admitted");
-        if self.apply_plan(&item, plan).await && admitting {
-            if let Some(q) = route.queue() {
-                self.lock_transit()
-                    .insert((ns.clone(), q.to_owned(), name.clone()));
-            }
+        if self.apply_plan(&item, plan).await
+            && admitting
+            && let Some(q) = route.queue()
+        {
+            self.lock_transit()
+                .insert((ns.clone(), q.to_owned(), name.clone()));
         }
     }
 

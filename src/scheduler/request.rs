@@ -130,15 +130,15 @@ pub(super) async fn reconcile(sched: &Arc<Scheduler>, key: &Key) {
         let mut item = WorkItem::new(&planned_item.name, spec.clone());
         // Route typed tasks now, at creation, so an item without dependencies is
         // claimable as created (no extra write).
-        if spec.queue.is_none() {
-            if let Route::To(q) = route(
+        if spec.queue.is_none()
+            && let Route::To(q) = route(
                 &item,
                 queues_in_ns
                     .iter()
                     .filter_map(|q| Some((q.metadata.name.as_deref()?, &q.spec))),
-            ) {
-                spec.queue = Some(q);
-            }
+            )
+        {
+            spec.queue = Some(q);
         }
         item = WorkItem {
             metadata: ObjectMeta {

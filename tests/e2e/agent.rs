@@ -546,10 +546,10 @@ esac
         let cfg = watcher::Config::default().fields("metadata.name=flood");
         let mut events = watcher::watcher(watch_api, cfg).boxed();
         while let Some(Ok(event)) = events.next().await {
-            if let watcher::Event::Apply(wi) | watcher::Event::InitApply(wi) = event {
-                if let Some(rv) = wi.resource_version() {
-                    seen.lock().expect("lock").insert(rv);
-                }
+            if let watcher::Event::Apply(wi) | watcher::Event::InitApply(wi) = event
+                && let Some(rv) = wi.resource_version()
+            {
+                seen.lock().expect("lock").insert(rv);
             }
         }
     });

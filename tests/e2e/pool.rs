@@ -406,7 +406,7 @@ async fn a_busy_agent_is_not_deleted_to_scale_in() {
     let left = live_pods(&ns, "busy").await;
     assert_eq!(
         left.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
-        [busy.clone()],
+        std::slice::from_ref(&busy),
         "the busy agent must not be deleted while its item runs"
     );
 
