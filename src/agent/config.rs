@@ -121,6 +121,19 @@ pub fn metrics_addr(configured: Option<&str>, pod_ip: Option<&str>) -> Result<So
         .map_err(|e| format!("metrics address {raw:?}: {e}"))
 }
 
+/// `triad` as the work command means this very binary (for `triad simulate` and other
+/// built-in helpers) when no other `triad` is on PATH: true in the distroless image and
+/// under the local node runner alike.
+pub fn resolve_self(command: &mut [String]) {
+    if let Some(program) = command.first_mut()
+        && program == "triad"
+        && check_command(std::slice::from_ref(program)).is_err()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        *program = exe.to_string_lossy().into_owned();
+    }
+}
+
 /// Fails early when the work command cannot be found, so a bad template shows as a
 /// crash-looping pod instead of burning every item's attempts.
 pub fn check_command(command: &[String]) -> Result<(), String> {

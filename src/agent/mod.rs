@@ -63,9 +63,10 @@ const DRAIN_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Runs the agent until it is told to stop (`shutdown` resolves: drain and exit), or
 /// its lifecycle or empty-queue policy ends it.
 pub async fn run(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config::resolve_self(&mut cfg.command);
     config::check_command(&cfg.command).map_err(anyhow::Error::msg)?;
     let client = crate::k8s::client::client()
         .await
