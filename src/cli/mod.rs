@@ -3,6 +3,7 @@
 
 mod agent;
 mod controller;
+mod plugin;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,16 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Queues, pools and agents at a glance.
+    Status(plugin::StatusArgs),
+    /// A request's items with phase, agent, attempt, progress and why they wait.
+    Tree(plugin::TreeArgs),
+    /// Return DeadLettered items to Queued with attempts reset.
+    Redrive(plugin::RedriveArgs),
+    /// Cancel items, or whole requests (`wr/<name>`).
+    Cancel(plugin::CancelArgs),
+    /// The agent pod logs of an item's attempt.
+    Logs(plugin::LogsArgs),
     /// A work command that simulates an AI agent from its payload (for demos and tests).
     Simulate(simulate::SimulateArgs),
 }
@@ -37,6 +48,11 @@ impl Cli {
             Command::Controller(args) => controller::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Status(args) => plugin::status(args).await,
+            Command::Tree(args) => plugin::tree(args).await,
+            Command::Redrive(args) => plugin::redrive(args).await,
+            Command::Cancel(args) => plugin::cancel(args).await,
+            Command::Logs(args) => plugin::logs(args).await,
             Command::Crds => {
                 print!("{}", crate::api::crds_yaml()?);
                 Ok(())

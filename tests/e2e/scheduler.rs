@@ -451,3 +451,54 @@ async fn restarting_the_scheduler_loses_and_duplicates_nothing() {
                 && i.status.as_ref().map(|s| s.attempt) == Some(1))
     );
 }
+
+fn triad_cli(ns: &TestNamespace, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_triad"))
+        .env("KUBECONFIG", crate::support::kubeconfig_path())
+        .args(args)
+        .args(["-n", &ns.name])
+        .output()
+        .expect("run triad")
+}
+
+#[tokio::test]
+async fn the_cli_redrives_cancels_and_draws_the_request_tree() {
+    let ns = TestNamespace::new("cli").await;
+    let _s = start_scheduler(&ns);
+    apply::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 1}}})).await;
+    apply::<WorkRequest>(
+        &ns,
+        json!({"metadata": {"name": "job"}, "spec": {"tasks": [
+            {"name": "first", "queue": "q"},
+            {"name": "then", "queue": "q", "dependsOn": ["first"]}
+        ]}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    wait_for(LONG, "items", || async { items.get_opt("job-first").await.ok().flatten() }).await;
+    run_attempt(&items, "job-first", "agent-1", false).await;
+    wait_phase(&items, "job-first", Phase::DeadLettered).await;
+
+    let tree = triad_cli(&ns, &["tree", "job"]);
+    let text = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.status.success(), "{}", String::from_utf8_lossy(&tree.stderr));
+    assert!(text.contains("job-first") && text.contains("DeadLettered") && text.contains("MaxAttemptsExceeded"), "{text}");
+    // A dead-lettered dependency fails its dependents (reason DependencyFailed).
+    assert!(text.contains("job-then") && text.contains("DependencyFailed ← job-first"), "{text}");
+
+    let out = triad_cli(&ns, &["redrive", "job-first"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = wait_phase(&items, "job-first", Phase::Queued).await;
+    assert_eq!(back.status.expect("status").attempt, 0);
+
+    let out = triad_cli(&ns, &["cancel", "wr/job"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_phase(&items, "job-first", Phase::Cancelled).await;
+    assert_eq!(phase_of(&items, "job-then").await, Some(Phase::Failed), "terminal phases stay");
+    let requests: Api<WorkRequest> = ns.api();
+    wait_for(LONG, "request Cancelled", || async {
+        let r = requests.get("job").await.ok()?;
+        (r.status.as_ref()?.phase == Some(triad::api::RequestPhase::Cancelled)).then_some(())
+    })
+    .await;
+}
