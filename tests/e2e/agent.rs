@@ -19,7 +19,7 @@ use crate::support::{TestNamespace, kubeconfig_path, wait_for};
 
 /// One agent process; stopped (SIGTERM, then SIGKILL) when dropped. On a failing test
 /// the end of its log is printed.
-struct Agent {
+pub(crate) struct Agent {
     name: String,
     child: Child,
     port: u16,
@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 }
 
 impl Agent {
-    fn start(
+    pub(crate) fn start(
         ns: &TestNamespace,
         dir: &Path,
         name: &str,

@@ -2,6 +2,7 @@
 
 mod agent;
 mod api;
+mod chart;
 mod pool;
 mod scheduler;
 mod supervisor;

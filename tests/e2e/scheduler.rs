@@ -465,7 +465,11 @@ fn triad_cli(ns: &TestNamespace, args: &[&str]) -> std::process::Output {
 async fn the_cli_redrives_cancels_and_draws_the_request_tree() {
     let ns = TestNamespace::new("cli").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 1}}})).await;
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 1}}}),
+    )
+    .await;
     apply::<WorkRequest>(
         &ns,
         json!({"metadata": {"name": "job"}, "spec": {"tasks": [
@@ -475,30 +479,131 @@ async fn the_cli_redrives_cancels_and_draws_the_request_tree() {
     )
     .await;
     let items: Api<WorkItem> = ns.api();
-    wait_for(LONG, "items", || async { items.get_opt("job-first").await.ok().flatten() }).await;
+    wait_for(LONG, "items", || async {
+        items.get_opt("job-first").await.ok().flatten()
+    })
+    .await;
     run_attempt(&items, "job-first", "agent-1", false).await;
     wait_phase(&items, "job-first", Phase::DeadLettered).await;
 
     let tree = triad_cli(&ns, &["tree", "job"]);
     let text = String::from_utf8_lossy(&tree.stdout);
-    assert!(tree.status.success(), "{}", String::from_utf8_lossy(&tree.stderr));
-    assert!(text.contains("job-first") && text.contains("DeadLettered") && text.contains("MaxAttemptsExceeded"), "{text}");
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    assert!(
+        text.contains("job-first")
+            && text.contains("DeadLettered")
+            && text.contains("MaxAttemptsExceeded"),
+        "{text}"
+    );
     // A dead-lettered dependency fails its dependents (reason DependencyFailed).
-    assert!(text.contains("job-then") && text.contains("DependencyFailed ← job-first"), "{text}");
+    assert!(
+        text.contains("job-then") && text.contains("DependencyFailed ← job-first"),
+        "{text}"
+    );
 
     let out = triad_cli(&ns, &["redrive", "job-first"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let back = wait_phase(&items, "job-first", Phase::Queued).await;
     assert_eq!(back.status.expect("status").attempt, 0);
 
     let out = triad_cli(&ns, &["cancel", "wr/job"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_phase(&items, "job-first", Phase::Cancelled).await;
-    assert_eq!(phase_of(&items, "job-then").await, Some(Phase::Failed), "terminal phases stay");
+    assert_eq!(
+        phase_of(&items, "job-then").await,
+        Some(Phase::Failed),
+        "terminal phases stay"
+    );
     let requests: Api<WorkRequest> = ns.api();
     wait_for(LONG, "request Cancelled", || async {
         let r = requests.get("job").await.ok()?;
         (r.status.as_ref()?.phase == Some(triad::api::RequestPhase::Cancelled)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn claims_follow_priority_and_aging_lets_low_priority_work_through() {
+    let ns = TestNamespace::new("aging").await;
+    let _s = start_scheduler(&ns);
+    // One point of priority per second waited.
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"agingSeconds": 1}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "low"}, "spec": {"queue": "q", "priority": 0}}),
+    )
+    .await;
+    for i in 0..3 {
+        apply::<WorkItem>(&ns, json!({"metadata": {"name": format!("high-{i}")}, "spec": {"queue": "q", "priority": 4}})).await;
+    }
+    let dir = tempdir();
+    // A single agent that always takes the head (top-k 1) and needs 1 s per item.
+    let _agent = crate::agent::Agent::start(
+        &ns,
+        &dir,
+        "solo",
+        &[("TRIAD_CLAIM_TOP_K", "1")],
+        &["sleep", "1"],
+    );
+    // Higher-priority work keeps arriving for 12 s.
+    let arrivals = {
+        let ns_items = items.clone();
+        tokio::spawn(async move {
+            for i in 3..27 {
+                let item: WorkItem = serde_json::from_value(json!({"metadata": {"name": format!("high-{i}")}, "spec": {"queue": "q", "priority": 4}})).expect("item");
+                let _ = ns_items.create(&PostParams::default(), &item).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let first = wait_for(LONG, "the first claim", || async {
+        let list = items.list(&Default::default()).await.ok()?;
+        // Each item takes the agent 1 s, so polling every 100 ms sees the first claim alone.
+        list.items
+            .into_iter()
+            .find(|i| i.status.as_ref().and_then(|s| s.claim.as_ref()).is_some())
+    })
+    .await;
+    assert!(
+        first.name_any().starts_with("high-"),
+        "the higher priority is claimed first, got {}",
+        first.name_any()
+    );
+    wait_phase(&items, "low", Phase::Succeeded).await;
+    let still_waiting = items
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .filter(|i| i.name_any().starts_with("high-") && i.phase() != Some(Phase::Succeeded))
+        .count();
+    assert!(
+        still_waiting > 0,
+        "low finished while higher-priority work was still waiting (aging), not after the stream dried up"
+    );
+    arrivals.abort();
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("triad-e2e-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
