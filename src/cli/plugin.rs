@@ -21,7 +21,9 @@ pub struct Scope {
 
 impl Scope {
     fn ns(&self, client: &Client) -> String {
-        self.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned())
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned())
     }
 }
 
@@ -70,9 +72,15 @@ pub struct LogsArgs {
 }
 
 fn progress_bar(percent: Option<i32>) -> String {
-    let Some(p) = percent else { return String::new() };
+    let Some(p) = percent else {
+        return String::new();
+    };
     let filled = (p.clamp(0, 100) / 10) as usize;
-    format!("[{}{}] {p:>3}%", "#".repeat(filled), ".".repeat(10 - filled))
+    format!(
+        "[{}{}] {p:>3}%",
+        "#".repeat(filled),
+        ".".repeat(10 - filled)
+    )
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -100,8 +108,21 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("POOL             DESIRED  READY  BUSY  IDLE  QUEUES");
     for p in pools.list(&ListParams::default()).await?.items {
         let s = p.status.clone().unwrap_or_default();
-        let queues: Vec<String> = p.spec.queues.iter().map(|q| format!("{}:{}", q.name, q.weight)).collect();
-        println!("{:<16} {:>7}  {:>5}  {:>4}  {:>4}  {}", p.name_any(), s.desired, s.ready, s.busy, s.idle, queues.join(","));
+        let queues: Vec<String> = p
+            .spec
+            .queues
+            .iter()
+            .map(|q| format!("{}:{}", q.name, q.weight))
+            .collect();
+        println!(
+            "{:<16} {:>7}  {:>5}  {:>4}  {:>4}  {}",
+            p.name_any(),
+            s.desired,
+            s.ready,
+            s.busy,
+            s.idle,
+            queues.join(",")
+        );
     }
     let running: Vec<WorkItem> = items
         .list(&ListParams::default().fields("status.phase=Running"))
@@ -109,19 +130,44 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         .items;
     let mut busy: BTreeMap<String, &WorkItem> = BTreeMap::new();
     for item in &running {
-        if let Some(agent) = item.status.as_ref().and_then(|s| s.claim.as_ref()).map(|c| c.agent.clone()) {
+        if let Some(agent) = item
+            .status
+            .as_ref()
+            .and_then(|s| s.claim.as_ref())
+            .map(|c| c.agent.clone())
+        {
             busy.insert(agent, item);
         }
     }
     println!();
-    println!("AGENT                    POOL         POD       ITEM                          PROGRESS");
-    for pod in pods.list(&ListParams::default().labels(labels::POOL)).await?.items {
+    println!(
+        "AGENT                    POOL         POD       ITEM                          PROGRESS"
+    );
+    for pod in pods
+        .list(&ListParams::default().labels(labels::POOL))
+        .await?
+        .items
+    {
         let pool = pod.labels().get(labels::POOL).cloned().unwrap_or_default();
-        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         let name = pod.name_any();
-        let (item, progress) = busy.get(&name).map_or((String::from("-"), String::new()), |i| {
-            (i.name_any(), progress_bar(i.status.as_ref().and_then(|s| s.progress.as_ref()).and_then(|p| p.percent)))
-        });
+        let (item, progress) = busy
+            .get(&name)
+            .map_or((String::from("-"), String::new()), |i| {
+                (
+                    i.name_any(),
+                    progress_bar(
+                        i.status
+                            .as_ref()
+                            .and_then(|s| s.progress.as_ref())
+                            .and_then(|p| p.percent),
+                    ),
+                )
+            });
         println!("{name:<24} {pool:<12} {phase:<9} {item:<29} {progress}");
     }
     Ok(())
@@ -150,7 +196,12 @@ pub async fn tree(args: TreeArgs) -> anyhow::Result<()> {
         .list(&ListParams::default().labels(&format!("{}={}", labels::REQUEST, args.request)))
         .await?
         .items;
-    list.sort_by_key(|i| (i.metadata.creation_timestamp.as_ref().map(|t| t.0), i.name_any()));
+    list.sort_by_key(|i| {
+        (
+            i.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            i.name_any(),
+        )
+    });
     let n = list.len();
     for (idx, item) in list.iter().enumerate() {
         let s = item.status.clone().unwrap_or_default();
@@ -160,8 +211,16 @@ pub async fn tree(args: TreeArgs) -> anyhow::Result<()> {
         } else {
             format!(" ← {}", item.spec.depends_on.join(", "))
         };
-        let agent = s.claim.as_ref().map(|c| c.agent.clone()).unwrap_or_else(|| "-".into());
-        let why = s.waiting.clone().or_else(|| s.last_error.as_ref().map(|e| e.reason.clone())).unwrap_or_default();
+        let agent = s
+            .claim
+            .as_ref()
+            .map(|c| c.agent.clone())
+            .unwrap_or_else(|| "-".into());
+        let why = s
+            .waiting
+            .clone()
+            .or_else(|| s.last_error.as_ref().map(|e| e.reason.clone()))
+            .unwrap_or_default();
         println!(
             "{branch} {:<32} {:<12} attempt {:<2} {:<22} {:<17} {why}{deps}",
             item.name_any(),
@@ -180,23 +239,37 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     let items: Api<WorkItem> = Api::namespaced(client, &ns);
     let mut names = args.items.clone();
     if let Some(queue) = &args.queue {
-        for item in items.list(&ListParams::default().fields("status.phase=DeadLettered")).await?.items {
+        for item in items
+            .list(&ListParams::default().fields("status.phase=DeadLettered"))
+            .await?
+            .items
+        {
             if item.effective_queue() == Some(queue.as_str()) {
                 names.push(item.name_any());
             }
         }
     }
-    anyhow::ensure!(!names.is_empty(), "name DeadLettered items, or pass --queue <name> to redrive a whole queue");
+    anyhow::ensure!(
+        !names.is_empty(),
+        "name DeadLettered items, or pass --queue <name> to redrive a whole queue"
+    );
     let stamp = jiff::Timestamp::now().to_string();
     for name in names {
         let item = items.get(&name).await?;
         if item.phase() != Some(Phase::DeadLettered) {
-            eprintln!("{name}: not DeadLettered ({}); skipped", effective_phase(&item));
+            eprintln!(
+                "{name}: not DeadLettered ({}); skipped",
+                effective_phase(&item)
+            );
             continue;
         }
         let body = json!({"metadata": {"annotations": {labels::REDRIVE: stamp}}});
-        items.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await?;
-        println!("{name}: redrive requested (the scheduler returns it to Queued with attempts reset)");
+        items
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await?;
+        println!(
+            "{name}: redrive requested (the scheduler returns it to Queued with attempts reset)"
+        );
     }
     Ok(())
 }
@@ -206,15 +279,27 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let ns = args.scope.ns(&client);
     let items: Api<WorkItem> = Api::namespaced(client.clone(), &ns);
     let requests: Api<WorkRequest> = Api::namespaced(client, &ns);
-    anyhow::ensure!(!args.targets.is_empty(), "name WorkItems, or WorkRequests as wr/<name>");
+    anyhow::ensure!(
+        !args.targets.is_empty(),
+        "name WorkItems, or WorkRequests as wr/<name>"
+    );
     let body = json!({"spec": {"cancel": true}});
     for target in args.targets {
-        if let Some(request) = target.strip_prefix("wr/").or_else(|| target.strip_prefix("workrequest/")) {
-            requests.patch(request, &PatchParams::default(), &Patch::Merge(&body)).await?;
+        if let Some(request) = target
+            .strip_prefix("wr/")
+            .or_else(|| target.strip_prefix("workrequest/"))
+        {
+            requests
+                .patch(request, &PatchParams::default(), &Patch::Merge(&body))
+                .await?;
             println!("workrequest/{request}: cancel requested for all its items");
         } else {
-            items.patch(&target, &PatchParams::default(), &Patch::Merge(&body)).await?;
-            println!("{target}: cancel requested (queued work ends at once; running work is stopped by its agent)");
+            items
+                .patch(&target, &PatchParams::default(), &Patch::Merge(&body))
+                .await?;
+            println!(
+                "{target}: cancel requested (queued work ends at once; running work is stopped by its agent)"
+            );
         }
     }
     Ok(())
@@ -228,9 +313,16 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let status = item.status.clone().unwrap_or_default();
     let attempt = args.attempt.unwrap_or(status.attempt);
     let pod = if attempt == status.attempt {
-        status.claim.as_ref().and_then(|c| c.pod.clone().or(Some(c.agent.clone())))
+        status
+            .claim
+            .as_ref()
+            .and_then(|c| c.pod.clone().or(Some(c.agent.clone())))
     } else {
-        status.attempts.iter().find(|a| a.attempt == attempt).and_then(|a| a.agent.clone())
+        status
+            .attempts
+            .iter()
+            .find(|a| a.attempt == attempt)
+            .and_then(|a| a.agent.clone())
     };
     let Some(pod) = pod else {
         anyhow::bail!("{}: no agent ran attempt {attempt}", args.item);
