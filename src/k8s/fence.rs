@@ -108,11 +108,15 @@ pub async fn claim(
     });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
         .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
-            kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
-            other => ClaimError::Api(other),
-        })
+        .map_err(claim_error)
+}
+
+fn claim_error(err: kube::Error) -> ClaimError {
+    match err {
+        kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
+        kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
+        other => ClaimError::Api(other),
+    }
 }
 
 fn pointer(path: &str) -> PointerBuf {
@@ -248,11 +252,7 @@ pub async fn fence_out(
         &Patch::Merge(&body),
     )
     .await
-    .map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 409 => ClaimError::Conflict,
-        kube::Error::Api(s) if s.code == 404 => ClaimError::NotFound,
-        other => ClaimError::Api(other),
-    })
+    .map_err(claim_error)
 }
 
 #[cfg(test)]

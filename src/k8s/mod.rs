@@ -5,6 +5,7 @@ pub mod client;
 pub mod fence;
 pub mod lease;
 pub mod queue;
+pub mod watch;
 
 /// What every controller role gets: a client, its leader gate, the metrics registry
 /// holder, and the namespace it watches (`None` = all namespaces).

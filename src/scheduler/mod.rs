@@ -16,10 +16,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::Patch;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -29,6 +28,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::api::{AgentPool, Phase, WorkItem, WorkQueue, WorkQueueStatus, WorkRequest, labels};
 use crate::core::routing::route;
 use crate::k8s::queue::ReconcileQueue;
+use crate::k8s::watch::{drive, event};
 use crate::k8s::{RoleContext, is_conflict, is_not_found, managers, patch_params};
 use index::{ItemIndex, Key};
 use item::{ItemView, decide};
@@ -125,63 +125,35 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
             .default_backoff()
             .modify(slim)
             .reflect(items_writer);
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(event) => sched.on_item_event(event),
-                    Err(err) => warn!(%err, "WorkItem watch error; retrying"),
-                }
-            }
-        });
+        tasks.spawn(drive(stream, "WorkItem", move |event| {
+            sched.on_item_event(event)
+        }));
     }
     {
         let sched = sched.clone();
         let stream = watcher(queues_api, watcher::Config::default())
             .default_backoff()
             .reflect(queues_writer);
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => sched.on_queue_change(),
-                    Err(err) => warn!(%err, "WorkQueue watch error; retrying"),
-                }
-            }
-        });
+        tasks.spawn(drive(stream, "WorkQueue", move |_| sched.on_queue_change()));
     }
     {
         let stream = watcher(pools_api, watcher::Config::default())
             .default_backoff()
             .reflect(pools_writer);
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(err) = event {
-                    warn!(%err, "AgentPool watch error; retrying");
-                }
-            }
-        });
+        tasks.spawn(drive(stream, "AgentPool", |_| {}));
     }
     {
         let sched = sched.clone();
         let stream = watcher(requests_api, watcher::Config::default())
             .default_backoff()
             .reflect(requests_writer);
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
-                        if let Some(key) = key_of(&r) {
-                            sched.request_queue.add(key);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => warn!(%err, "WorkRequest watch error; retrying"),
-                }
+        tasks.spawn(drive(stream, "WorkRequest", move |event| {
+            if let watcher::Event::Apply(r) | watcher::Event::InitApply(r) = event
+                && let Some(key) = key_of(&r)
+            {
+                sched.request_queue.add(key);
             }
-        });
+        }));
     }
     // Decide nothing before every cache is complete: an item decided before its queue
     // is cached would get the default policy or a false "queue not found".
@@ -543,17 +515,7 @@ impl Scheduler {
                 | "DependencyFailed"
                 | "PayloadTooLarge"
         );
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note),
-            action: "Schedule".into(),
-            secondary: None,
-        };
+        let event = event(warning, reason, note, "Schedule");
         if let Err(e) = self.recorder.publish(&event, &item.object_ref(&())).await {
             debug!(error = %e, "event not published");
         }

@@ -294,18 +294,7 @@ impl Scheduler {
         note: String,
         warning: bool,
     ) {
-        use kube::runtime::events::{Event, EventType};
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note),
-            action: "Decompose".into(),
-            secondary: None,
-        };
+        let event = crate::k8s::watch::event(warning, reason, note, "Decompose");
         let _ = self
             .recorder
             .publish(&event, &request.object_ref(&()))
