@@ -37,11 +37,21 @@ test: build ## unit tests, then integration tests against a local control plane
 	@bash $(HACK)/test-integration.sh $(TEST_CLUSTER)
 
 .PHONY: lint
-lint: ## fmt, clippy -D warnings, CRD drift
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	@$(CARGO) run -q --bin triad -- crds | diff -u crds/triad.dev.yaml - || { echo "crds/ is stale: run make crds"; exit 1; }
+lint: ## fmt, clippy -D warnings, CRD drift, helm lint/render + server dry run, promtool, dashboard
+	@CARGO="$(CARGO)" bash $(HACK)/lint.sh
+
+.PHONY: deploy
+deploy: ## install the CRDs and the Helm chart into the current KUBECONFIG's cluster (VALUES=<file>)
+	@bash $(HACK)/deploy.sh $(VALUES)
 
 .PHONY: demo
 demo: build ## local cluster + CRDs + samples, then show them (KEEP=1 leaves the cluster up)
 	@bash $(HACK)/demo.sh $(CLUSTER)
+
+.PHONY: bench
+bench: ## release build; benchmark on a dedicated cluster (etcd fsync on); writes target/bench/report.json
+	@bash $(HACK)/bench.sh
+
+.PHONY: chaos
+chaos: ## release build; faults while 2 000 items run; writes target/chaos/report.json
+	@bash $(HACK)/chaos.sh
