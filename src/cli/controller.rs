@@ -57,9 +57,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     info!(roles = ?args.roles, addr = %server.local_addr, "triad controller starting");
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut releases = Vec::new();
     for role in args.roles.clone() {
         let gate = if args.leader_elect {
             let leases: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
+            releases.push(LeaderElector::new(
+                leases.clone(),
+                &role,
+                &args.identity,
+                Duration::from_secs(args.leader_lease_seconds),
+            ));
             let elector = LeaderElector::new(
                 leases,
                 &role,
@@ -122,6 +129,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     info!("shutting down");
     state.set_ready(false);
     tasks.shutdown().await;
+    // Hand leadership over now rather than after a lease duration: rollouts and
+    // scale-downs then fail over at once.
+    for elector in releases {
+        elector.release().await;
+    }
     server.shutdown().await;
     outcome
 }

@@ -200,17 +200,20 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the lease up on shutdown so a standby takes over at once.
+    /// Gives the lease up on shutdown, only if we hold it (a CAS on its
+    /// resourceVersion), so a standby takes over at once instead of after a lease
+    /// duration.
     pub async fn release(&self) {
-        let body = json!({"spec": {"holderIdentity": null, "renewTime": null}});
-        let _ = self
-            .api
-            .patch(
-                &self.name,
-                &patch_params("triad-leader"),
-                &Patch::Merge(&body),
-            )
-            .await;
+        let Ok(mut lease) = self.api.get(&self.name).await else { return };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        if let Err(err) = self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            tracing::debug!(%err, lease = %self.name, "could not release the lease");
+        }
     }
 }
 

@@ -57,6 +57,18 @@ impl SchedulerMetrics {
             "Scheduler decisions: admitted, retried, dead_lettered, cancelled, failed, escalated, redriven",
             decisions.clone(),
         );
+        // Known decisions start at 0 so `increase()` sees the very first one.
+        for decision in [
+            "admitted",
+            "retried",
+            "dead_lettered",
+            "failed",
+            "cancelled",
+            "escalated",
+            "redriven",
+        ] {
+            decisions.get_or_create(&Transition { decision: decision.to_owned() });
+        }
         let admission_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         registry.register(
             "triad_admission_latency_seconds",
