@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: a local cluster and node, the CRDs, the operator (all three roles), and
+# The demo: a local cluster and node, the operator installed with Helm, and
 # config/samples/ — then a live view until the sample request finishes, and a summary.
 # KEEP=1 leaves everything running and prints how to use kubectl against it.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -8,17 +8,11 @@ TIMEOUT="${DEMO_TIMEOUT:-240}"
 export_line="$(bash "$HACK_DIR/cluster.sh" up "$NAME" | tail -1)"
 export KUBECONFIG="${export_line#export KUBECONFIG=}"
 STATE_DIR="$(dirname "$KUBECONFIG")"
-kubectl apply --server-side -f "$REPO_ROOT/crds/" >/dev/null
-kubectl wait --for condition=established crd/workitems.triad.dev crd/workqueues.triad.dev \
-  crd/agentpools.triad.dev crd/workrequests.triad.dev --timeout=60s >/dev/null
-
-# The operator runs as a local process (the Helm chart is the production path).
-if ! { [[ -f "$STATE_DIR/operator.pid" ]] && kill -0 "$(cat "$STATE_DIR/operator.pid")" 2>/dev/null; }; then
-  RUST_LOG="${RUST_LOG:-info}" setsid "$REPO_ROOT/target/debug/triad" controller --metrics-addr 127.0.0.1:0 \
-    >"$STATE_DIR/operator.log" 2>&1 </dev/null &
-  echo $! >"$STATE_DIR/operator.pid"
-fi
-stop_operator() { [[ -f "$STATE_DIR/operator.pid" ]] && kill -TERM "$(cat "$STATE_DIR/operator.pid")" 2>/dev/null || true; }
+# The operator is installed with its Helm chart, as on a real cluster; the node runner
+# runs the locally built binary in place of the image.
+HELM_TIMEOUT=2m bash "$HACK_DIR/deploy.sh" >"$STATE_DIR/deploy.log" 2>&1 ||
+  { echo "helm install failed:"; tail -20 "$STATE_DIR/deploy.log"; exit 1; }
+echo "operator installed: $(kubectl -n triad-system get deploy -o name | tr '\n' ' ')"
 
 kubectl delete workrequest release-1-2 --ignore-not-found --wait=true >/dev/null 2>&1 || true
 kubectl apply -f "$REPO_ROOT/config/samples/"
@@ -40,9 +34,8 @@ echo; kubectl get events --field-selector involvedObject.kind=WorkItem --sort-by
 status=0
 [[ "$phase" == Succeeded || "$phase" == Failed ]] || { echo "the request did not finish within ${TIMEOUT}s"; status=1; }
 if [[ "${KEEP:-0}" == 1 ]]; then
-  echo; echo "Everything keeps running (operator log: $STATE_DIR/operator.log). Use it with:"; echo "$export_line"
+  echo; echo "Everything keeps running (the operator is the Helm release 'triad' in triad-system). Use it with:"; echo "$export_line"
 else
-  stop_operator
   bash "$HACK_DIR/cluster.sh" down "$NAME"
 fi
 exit $status
