@@ -32,9 +32,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::retry::ESCALATED;
 use super::{add, signed, ts};
 use crate::api::{
-    BudgetAction, Counters, Intervention, OutcomeKind, Phase, StallAction, Supervision,
+    BudgetAction, Counters, Intervention, OutcomeKind, Phase, StallAction, Supervision, Timeouts,
     ViolationAction, WorkItem, find_condition,
 };
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 /// Condition types the supervisor sets.
 pub mod conditions {
@@ -44,6 +45,21 @@ pub mod conditions {
     pub const VIOLATION: &str = "Violation";
     pub const ESCALATED: &str = "Escalated";
     pub const CANCEL_REQUESTED: &str = "CancelRequested";
+    /// Written by the agent runtime (not the supervisor): the latest violation the
+    /// work command reported in this attempt. `reason` is the rule made a valid
+    /// condition reason; `message` is "rule[: detail][ (N violations reported)]".
+    pub const VIOLATION_REPORTED: &str = "ViolationReported";
+
+    /// Supervision conditions that describe one attempt; the supervisor sets them False
+    /// when a new attempt starts, so a retried item does not carry the last attempt's
+    /// warnings. `Escalated` is kept: it tells where the item has been.
+    pub const PER_ATTEMPT: [&str; 5] = [
+        STALLED,
+        BUDGET_WARNING,
+        OVER_BUDGET,
+        VIOLATION,
+        CANCEL_REQUESTED,
+    ];
 }
 
 /// Built-in violation rules; `violationRules` may name them to override the default
@@ -162,6 +178,402 @@ pub fn budget_signals(usage: &Counters, budget: &Counters) -> Vec<Signal> {
         .collect()
 }
 
+/// A violation the work command reported in the current attempt, read back from the
+/// agent's `ViolationReported` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedViolation {
+    /// The rule as the work command named it.
+    pub rule: String,
+    /// The rule as a condition reason (what the agent wrote as `reason`).
+    pub reason: String,
+    pub detail: Option<String>,
+    /// Violations reported in this attempt so far.
+    pub count: u32,
+    /// When the latest one was written (the agent's clock).
+    pub at: Timestamp,
+}
+
+/// The violation reported in the item's current attempt, if any: a True
+/// `ViolationReported` condition written at or after the attempt started.
+pub fn reported_violation(item: &WorkItem) -> Option<ReportedViolation> {
+    let status = item.status.as_ref()?;
+    let c = find_condition(&status.conditions, conditions::VIOLATION_REPORTED)
+        .filter(|c| c.status == "True")?;
+    let at = c.last_transition_time.0;
+    if attempt_started_at(item).is_some_and(|s| at < s) {
+        return None;
+    }
+    // Whole-second times: a report of the last attempt may carry the second the new
+    // one started in. It is the last attempt's if that attempt ended (or was acted on
+    // for a violation) at or after the report.
+    let earlier_ended = status
+        .attempts
+        .iter()
+        .any(|r| r.attempt < status.attempt && r.finished_at.as_ref().is_some_and(|f| f.0 >= at));
+    let earlier_acted = status.interventions.iter().any(|i| {
+        i.monitor == Monitor::Violation.as_str()
+            && i.at.0 >= at
+            && i.message
+                .as_deref()
+                .and_then(attempt_tag)
+                .is_some_and(|n| n < status.attempt)
+    });
+    if earlier_ended || earlier_acted {
+        return None;
+    }
+    let mut text = c.message.as_str();
+    let mut count = 1;
+    if let Some(head) = text.strip_suffix(" violations reported)")
+        && let Some((rest, n)) = head.rsplit_once(" (")
+        && let Ok(n) = n.parse::<u32>()
+    {
+        text = rest;
+        count = n.max(1);
+    }
+    let (rule, detail) = match text.split_once(": ") {
+        Some((r, d)) => (r, Some(d.to_string())),
+        None => (text, None),
+    };
+    let rule = if rule.is_empty() { &c.reason } else { rule };
+    Some(ReportedViolation {
+        rule: rule.to_string(),
+        reason: c.reason.clone(),
+        detail,
+        count,
+        at: c.last_transition_time.0,
+    })
+}
+
+/// The `Violation` signal for a reported violation. The rule is named as the policy
+/// names it: `violationRules` may use the work command's spelling or the condition
+/// reason's.
+pub fn violation_signal(v: &ReportedViolation, policy: &Supervision) -> Signal {
+    let rule = if !policy.violation_rules.contains_key(&v.rule)
+        && policy.violation_rules.contains_key(&v.reason)
+    {
+        v.reason.clone()
+    } else {
+        v.rule.clone()
+    };
+    Signal::Violation {
+        rule,
+        detail: v.detail.clone().unwrap_or_else(|| "reported".into()),
+    }
+}
+
+/// When the current attempt ran out of time (`timeouts.attemptSeconds` after its
+/// start), if it has.
+pub fn attempt_timed_out(
+    item: &WorkItem,
+    timeouts: &Timeouts,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let limit = timeouts.attempt_seconds.filter(|s| *s > 0)?;
+    let at = add(attempt_started_at(item)?, SignedDuration::from_secs(limit));
+    (now >= at).then_some(at)
+}
+
+/// When the item's deadline (its own, else the queue's default) passed, if it has.
+pub fn deadline_passed_at(
+    item: &WorkItem,
+    timeouts: &Timeouts,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    super::retry::effective_deadline(item, timeouts).filter(|d| now >= *d)
+}
+
+/// Per-attempt supervision conditions still True from an earlier attempt (set before
+/// the current one started): the supervisor sets them False.
+pub fn leftover_conditions(item: &WorkItem) -> Vec<&'static str> {
+    let Some(start) = attempt_started_at(item) else {
+        return vec![];
+    };
+    let Some(status) = item.status.as_ref() else {
+        return vec![];
+    };
+    conditions::PER_ATTEMPT
+        .into_iter()
+        .filter(|t| {
+            find_condition(&status.conditions, t).is_some_and(|c| {
+                c.status == "True"
+                    && match attempt_tag(&c.message) {
+                        Some(n) => n != status.attempt,
+                        None => c.last_transition_time.0 < start,
+                    }
+            })
+        })
+        .collect()
+}
+
+// --- Agent pods ----------------------------------------------------------------------
+
+/// A pod that has not started for this long is unhealthy (as the pool controller's
+/// `PodsHealthy` condition sees it).
+pub const PENDING_TOO_LONG: SignedDuration = SignedDuration::from_secs(180);
+/// A container that restarted this often and is not ready is crash looping, whether or
+/// not the node reports `CrashLoopBackOff`.
+pub const CRASH_RESTARTS: i32 = 3;
+
+/// An agent pod's health, the `health` label of `triad_agents`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AgentHealth {
+    Healthy,
+    /// Pending, not yet for long.
+    Starting,
+    /// Its Lease was observed stale (set by the health monitor, not [`pod_health`]).
+    Stale,
+    CrashLooping,
+    OomKilled,
+    ImagePullFailing,
+    Unschedulable,
+    PendingTooLong,
+    /// The agent container ended and is not restarted.
+    Exited,
+    Terminating,
+}
+
+impl AgentHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentHealth::Healthy => "healthy",
+            AgentHealth::Starting => "starting",
+            AgentHealth::Stale => "stale",
+            AgentHealth::CrashLooping => "crashlooping",
+            AgentHealth::OomKilled => "oomkilled",
+            AgentHealth::ImagePullFailing => "imagepullfailing",
+            AgentHealth::Unschedulable => "unschedulable",
+            AgentHealth::PendingTooLong => "pendingtoolong",
+            AgentHealth::Exited => "exited",
+            AgentHealth::Terminating => "terminating",
+        }
+    }
+
+    /// Worth an Event on the pod and its pool.
+    pub fn is_unhealthy(self) -> bool {
+        !matches!(
+            self,
+            AgentHealth::Healthy | AgentHealth::Starting | AgentHealth::Terminating
+        )
+    }
+}
+
+/// Which claims naming a pod belong to an agent process that is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Orphans {
+    None,
+    /// The agent is not running at all (never started, crash-looping, exited).
+    All,
+    /// The agent container restarted at this time: claims acquired before it were made
+    /// by the process that died (the new one takes its Lease over, so the lease never
+    /// goes stale and only this tells).
+    ClaimedBefore(Timestamp),
+}
+
+/// What the health monitor concludes about one agent pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodHealth {
+    pub health: AgentHealth,
+    /// CamelCase: the intervention's and the outcome's reason.
+    pub reason: String,
+    pub detail: String,
+    pub orphans: Orphans,
+}
+
+impl PodHealth {
+    /// Whether the claim made at `acquired_at` on this pod is held by no live agent.
+    pub fn orphans_claim(&self, acquired_at: Option<Timestamp>) -> bool {
+        match self.orphans {
+            Orphans::None => false,
+            Orphans::All => true,
+            Orphans::ClaimedBefore(t) => acquired_at.is_some_and(|a| a < t),
+        }
+    }
+
+    /// Whether the pod should go (the pool controller replaces it): not when it runs
+    /// again after a restart, only the claims of the dead process are void then.
+    pub fn delete_pod(&self) -> bool {
+        self.health.is_unhealthy()
+    }
+}
+
+fn waiting_problem(reason: &str) -> Option<AgentHealth> {
+    Some(match reason {
+        "CrashLoopBackOff" | "RunContainerError" => AgentHealth::CrashLooping,
+        "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "ErrImageNeverPull" => {
+            AgentHealth::ImagePullFailing
+        }
+        "CreateContainerError" | "CreateContainerConfigError" => AgentHealth::CrashLooping,
+        _ => return None,
+    })
+}
+
+/// Whether `s` may be a condition or intervention reason.
+fn camel(s: &str, fallback: &str) -> String {
+    let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric());
+    if ok { s.into() } else { fallback.into() }
+}
+
+/// The health of an agent pod from its status: the agent container is the first one.
+pub fn pod_health(pod: &Pod, now: Timestamp) -> PodHealth {
+    let verdict = |health, reason: &str, detail: String, orphans| PodHealth {
+        health,
+        reason: reason.into(),
+        detail,
+        orphans,
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return verdict(
+            AgentHealth::Terminating,
+            "Terminating",
+            "being deleted".into(),
+            Orphans::None,
+        );
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let agent_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone());
+    let statuses = status.container_statuses.clone().unwrap_or_default();
+    let agent: Option<&ContainerStatus> = statuses
+        .iter()
+        .find(|c| Some(&c.name) == agent_name.as_ref())
+        .or(statuses.first());
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+
+    if let Some(c) = agent {
+        let state = c.state.clone().unwrap_or_default();
+        let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        if let Some(w) = &state.waiting
+            && let Some(reason) = w.reason.as_deref()
+            && let Some(health) = waiting_problem(reason)
+        {
+            let why = match (last.and_then(|t| t.reason.as_deref()), &w.message) {
+                (Some("OOMKilled"), _) => "OOMKilled: out of memory, restarted".to_string(),
+                (_, Some(m)) if !m.is_empty() => format!("{reason}: {m}"),
+                _ => format!("{reason} after {} restarts", c.restart_count),
+            };
+            let health = if last.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
+                AgentHealth::OomKilled
+            } else {
+                health
+            };
+            let reason = if health == AgentHealth::OomKilled {
+                "OOMKilled".to_string()
+            } else {
+                camel(reason, "AgentUnhealthy")
+            };
+            return verdict(health, &reason, why, Orphans::All);
+        }
+        if let Some(t) = &state.terminated {
+            let oom = t.reason.as_deref() == Some("OOMKilled");
+            return verdict(
+                if oom {
+                    AgentHealth::OomKilled
+                } else {
+                    AgentHealth::Exited
+                },
+                if oom { "OOMKilled" } else { "AgentExited" },
+                format!(
+                    "agent container exited with code {}{}",
+                    t.exit_code,
+                    t.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ),
+                Orphans::All,
+            );
+        }
+        if let Some(r) = &state.running {
+            let restarted_at = (c.restart_count > 0)
+                .then(|| {
+                    r.started_at
+                        .as_ref()
+                        .map(|t| t.0)
+                        .or_else(|| last.and_then(|t| t.finished_at.as_ref()).map(|t| t.0))
+                })
+                .flatten();
+            let orphans = restarted_at.map_or(Orphans::None, Orphans::ClaimedBefore);
+            if c.restart_count >= CRASH_RESTARTS && !c.ready {
+                return verdict(
+                    AgentHealth::CrashLooping,
+                    "CrashLoopBackOff",
+                    format!("restarted {} times and not ready", c.restart_count),
+                    orphans,
+                );
+            }
+            if let Some(t) = last
+                && t.reason.as_deref() == Some("OOMKilled")
+                && !c.ready
+            {
+                return verdict(
+                    AgentHealth::OomKilled,
+                    "OOMKilled",
+                    format!("out of memory (exit code {}), restarted", t.exit_code),
+                    orphans,
+                );
+            }
+            return verdict(
+                AgentHealth::Healthy,
+                "AgentRestarted",
+                format!("agent container restarted {} times", c.restart_count),
+                orphans,
+            );
+        }
+    }
+    if phase == "Pending" {
+        let unschedulable = status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        });
+        if let Some(c) = unschedulable {
+            return verdict(
+                AgentHealth::Unschedulable,
+                "Unschedulable",
+                c.message.clone().unwrap_or_else(|| "no node fits".into()),
+                Orphans::All,
+            );
+        }
+        let age = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| now.duration_since(t.0));
+        if let Some(age) = age.filter(|a| *a >= PENDING_TOO_LONG) {
+            return verdict(
+                AgentHealth::PendingTooLong,
+                "PendingTooLong",
+                format!("pending for {}s", age.as_secs()),
+                Orphans::All,
+            );
+        }
+        return verdict(
+            AgentHealth::Starting,
+            "Starting",
+            "pending".into(),
+            Orphans::None,
+        );
+    }
+    if matches!(phase, "Succeeded" | "Failed") {
+        return verdict(
+            AgentHealth::Exited,
+            "AgentExited",
+            format!("pod {phase}"),
+            Orphans::All,
+        );
+    }
+    verdict(
+        AgentHealth::Healthy,
+        "Healthy",
+        String::new(),
+        Orphans::None,
+    )
+}
+
 // --- Signals, decisions -------------------------------------------------------------
 
 /// What the monitors report about one running item.
@@ -175,6 +587,11 @@ pub enum Signal {
     },
     /// The holder's pod is crash-looping, OOM-killed, failing to pull, unschedulable…
     PodUnhealthy {
+        reason: String,
+    },
+    /// The agent process that made the claim is gone but its pod runs again (the
+    /// container restarted): fence the claim out, keep the pod.
+    HolderGone {
         reason: String,
     },
     Stalled {
@@ -366,16 +783,39 @@ pub fn attempt_started_at(item: &WorkItem) -> Option<Timestamp> {
         .or_else(|| ts(status.started_at.as_ref()))
 }
 
-/// Interventions recorded for the item's current attempt (at or after its start).
+/// `message` tagged with the attempt it is about: API times have whole seconds only,
+/// so an attempt claimed in the same second as the last one's intervention cannot be
+/// told apart by time alone.
+pub fn tagged(message: &str, attempt: i32) -> String {
+    format!("{message} [attempt {attempt}]")
+}
+
+/// The attempt a [`tagged`] message is about.
+pub fn attempt_tag(message: &str) -> Option<i32> {
+    let head = message.strip_suffix(']')?;
+    let (_, n) = head.rsplit_once(" [attempt ")?;
+    n.parse().ok()
+}
+
+/// Whether a record (intervention, condition) written at `at` with `message` is about
+/// the item's current attempt: by its attempt tag, else by time (at or after the
+/// attempt started).
+pub fn of_current_attempt(item: &WorkItem, message: &str, at: Timestamp) -> bool {
+    match attempt_tag(message) {
+        Some(n) => item.status.as_ref().is_some_and(|s| s.attempt == n),
+        None => attempt_started_at(item).is_none_or(|s| at >= s),
+    }
+}
+
+/// Interventions recorded for the item's current attempt.
 pub fn current_attempt_interventions(item: &WorkItem) -> Vec<&Intervention> {
     let Some(status) = item.status.as_ref() else {
         return vec![];
     };
-    let start = attempt_started_at(item);
     status
         .interventions
         .iter()
-        .filter(|i| start.is_none_or(|s| i.at.0 >= s))
+        .filter(|i| of_current_attempt(item, i.message.as_deref().unwrap_or(""), i.at.0))
         .collect()
 }
 
@@ -386,7 +826,7 @@ pub fn requested_stop(item: &WorkItem) -> Option<StopRequest> {
     let status = item.status.as_ref()?;
     let c = find_condition(&status.conditions, conditions::CANCEL_REQUESTED)
         .filter(|c| c.status == "True")?;
-    if attempt_started_at(item).is_some_and(|s| c.last_transition_time.0 < s) {
+    if !of_current_attempt(item, &c.message, c.last_transition_time.0) {
         return None;
     }
     StopRequest::parse(&c.reason, &c.message)
@@ -429,6 +869,17 @@ pub fn decide(
             ),
             Signal::PodUnhealthy { reason } => {
                 (reason.clone(), format!("agent pod unhealthy: {reason}"))
+            }
+            Signal::HolderGone { reason } => {
+                let mut steps = fence(
+                    Monitor::Health,
+                    reason,
+                    OutcomeKind::LeaseExpired,
+                    reason.clone(),
+                    "the agent process that claimed the item is gone (its container restarted)",
+                );
+                steps.retain(|s| s.action != Action::DeletePod);
+                return steps;
             }
             _ => continue,
         };
@@ -511,7 +962,8 @@ pub fn decide(
 
     for s in signals {
         match s {
-            Signal::LeaseStale { .. } | Signal::PodUnhealthy { .. } => {}
+            Signal::LeaseStale { .. } | Signal::PodUnhealthy { .. } | Signal::HolderGone { .. } => {
+            }
             Signal::Stalled { since } => {
                 let detail = format!("no progress since {since:.0}");
                 if !done("Warn", "Stalled") {
@@ -1343,5 +1795,371 @@ mod tests {
         ] {
             assert_eq!(Monitor::parse(m.as_str()), m);
         }
+    }
+
+    fn with_condition(
+        mut wi: WorkItem,
+        type_: &str,
+        reason: &str,
+        message: &str,
+        at: i64,
+    ) -> WorkItem {
+        wi.status.as_mut().unwrap().conditions.push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: time(at),
+                observed_generation: None,
+            },
+        );
+        wi
+    }
+
+    #[test]
+    fn reported_violation_reads_the_agents_condition() {
+        let wi = with_condition(
+            running(),
+            conditions::VIOLATION_REPORTED,
+            "no_network",
+            "no-network: curl example.com (3 violations reported)",
+            5,
+        );
+        let v = reported_violation(&wi).expect("a violation");
+        assert_eq!(v.rule, "no-network");
+        assert_eq!(v.reason, "no_network");
+        assert_eq!(v.detail.as_deref(), Some("curl example.com"));
+        assert_eq!(v.count, 3);
+        assert_eq!(v.at, t(5));
+
+        let bare = with_condition(running(), conditions::VIOLATION_REPORTED, "pii", "pii", 1);
+        let v = reported_violation(&bare).unwrap();
+        assert_eq!((v.rule.as_str(), v.detail, v.count), ("pii", None, 1));
+        let counted = with_condition(
+            running(),
+            conditions::VIOLATION_REPORTED,
+            "pii",
+            "pii (2 violations reported)",
+            1,
+        );
+        assert_eq!(reported_violation(&counted).unwrap().count, 2);
+    }
+
+    #[test]
+    fn a_violation_of_an_earlier_attempt_is_not_reported_again() {
+        let mut wi = with_condition(
+            running(),
+            conditions::VIOLATION_REPORTED,
+            "pii",
+            "pii: x",
+            5,
+        );
+        wi.status
+            .as_mut()
+            .unwrap()
+            .claim
+            .as_mut()
+            .unwrap()
+            .acquired_at = Some(time(10));
+        assert_eq!(reported_violation(&wi), None);
+        assert_eq!(reported_violation(&running()), None);
+
+        // Same second as the new attempt's claim, but the last attempt ended then.
+        let mut wi = with_condition(
+            running(),
+            conditions::VIOLATION_REPORTED,
+            "pii",
+            "pii: x",
+            10,
+        );
+        let s = wi.status.as_mut().unwrap();
+        s.attempt = 2;
+        s.claim.as_mut().unwrap().acquired_at = Some(time(10));
+        assert!(reported_violation(&wi).is_some(), "ambiguous by time alone");
+        s_push_attempt(&mut wi, 1, 10);
+        assert_eq!(reported_violation(&wi), None);
+    }
+
+    fn s_push_attempt(wi: &mut WorkItem, attempt: i32, finished: i64) {
+        wi.status
+            .as_mut()
+            .unwrap()
+            .attempts
+            .push(crate::api::AttemptRecord {
+                attempt,
+                finished_at: Some(time(finished)),
+                ..Default::default()
+            });
+    }
+
+    #[test]
+    fn violation_signal_names_the_rule_as_the_policy_does() {
+        let v = ReportedViolation {
+            rule: "no-network".into(),
+            reason: "no_network".into(),
+            detail: None,
+            count: 1,
+            at: t(0),
+        };
+        let mut policy = Supervision::default();
+        assert_eq!(
+            violation_signal(&v, &policy),
+            Signal::Violation {
+                rule: "no-network".into(),
+                detail: "reported".into()
+            }
+        );
+        policy
+            .violation_rules
+            .insert("no_network".into(), ViolationAction::Warn);
+        let sig = violation_signal(&v, &policy);
+        assert_eq!(
+            actions(&decide(&running(), &policy, &[sig], t(1))),
+            ["Warn"]
+        );
+        policy
+            .violation_rules
+            .insert("no-network".into(), ViolationAction::Cancel);
+        let sig = violation_signal(&v, &policy);
+        assert_eq!(
+            actions(&decide(&running(), &policy, &[sig], t(1))),
+            ["CancelRequested"]
+        );
+    }
+
+    #[test]
+    fn a_reported_violation_escalates_by_default() {
+        let wi = with_condition(
+            running(),
+            conditions::VIOLATION_REPORTED,
+            "pii",
+            "pii: leak",
+            5,
+        );
+        let policy = Supervision::default();
+        let sig = violation_signal(&reported_violation(&wi).unwrap(), &policy);
+        let steps = decide(&wi, &policy, &[sig], t(6));
+        assert_eq!(actions(&steps), ["Escalate"]);
+        assert_eq!(steps[0].monitor, Monitor::Violation);
+        assert_eq!(steps[0].condition, Some(conditions::ESCALATED));
+        assert_eq!(steps[0].message, "escalate: rule pii: leak");
+    }
+
+    #[test]
+    fn attempt_timeout_and_deadline_are_dated() {
+        let wi = running(); // claimed at t(0)
+        let none = Timeouts::default();
+        assert_eq!(attempt_timed_out(&wi, &none, t(1000)), None);
+        let tm = Timeouts {
+            attempt_seconds: Some(60),
+            deadline_seconds: None,
+        };
+        assert_eq!(attempt_timed_out(&wi, &tm, t(59)), None);
+        assert_eq!(attempt_timed_out(&wi, &tm, t(60)), Some(t(60)));
+        let mut wi = running();
+        wi.spec.deadline = Some(time(30));
+        assert_eq!(deadline_passed_at(&wi, &none, t(29)), None);
+        assert_eq!(deadline_passed_at(&wi, &none, t(31)), Some(t(30)));
+    }
+
+    #[test]
+    fn leftover_conditions_are_those_of_earlier_attempts() {
+        let mut wi = with_condition(running(), conditions::STALLED, "Stalled", "x", 5);
+        wi = with_condition(wi, conditions::BUDGET_WARNING, "BudgetWarning", "x", 5);
+        wi = with_condition(wi, conditions::ESCALATED, "Violation", "x", 5);
+        assert!(leftover_conditions(&wi).is_empty(), "same attempt");
+        wi.status
+            .as_mut()
+            .unwrap()
+            .claim
+            .as_mut()
+            .unwrap()
+            .acquired_at = Some(time(10));
+        assert_eq!(
+            leftover_conditions(&wi),
+            [conditions::STALLED, conditions::BUDGET_WARNING],
+            "Escalated is kept"
+        );
+        wi.status.as_mut().unwrap().conditions[0].status = "False".into();
+        assert_eq!(leftover_conditions(&wi), [conditions::BUDGET_WARNING]);
+    }
+
+    #[test]
+    fn a_gone_holder_is_fenced_but_its_pod_kept() {
+        let steps = decide(
+            &running(),
+            &Supervision::default(),
+            &[Signal::HolderGone {
+                reason: "AgentRestarted".into(),
+            }],
+            t(1),
+        );
+        assert_eq!(actions(&steps), ["FenceOut"]);
+        assert_eq!(
+            steps[0].action,
+            Action::FenceOut {
+                outcome: OutcomeKind::LeaseExpired,
+                reason: "AgentRestarted".into()
+            }
+        );
+    }
+
+    fn pod(v: serde_json::Value) -> Pod {
+        let mut base = serde_json::json!({
+            "metadata": {"name": "p", "creationTimestamp": "2030-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "agent", "image": "triad"}]},
+        });
+        base["status"] = v;
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn container(
+        state: serde_json::Value,
+        last: serde_json::Value,
+        restarts: i32,
+        ready: bool,
+    ) -> serde_json::Value {
+        serde_json::json!({"phase": "Running", "containerStatuses": [{
+            "name": "agent", "image": "triad", "imageID": "", "ready": ready,
+            "restartCount": restarts, "state": state, "lastState": last}]})
+    }
+
+    #[test]
+    fn pod_health_classifies_agent_pods() {
+        let h = |p: &Pod, s: i64| pod_health(p, t(s));
+        let crash = pod(container(
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}),
+            serde_json::json!({"terminated": {"exitCode": 1, "finishedAt": "2030-01-01T00:00:50Z"}}),
+            4,
+            false,
+        ));
+        let v = h(&crash, 60);
+        assert_eq!(
+            (v.health, v.reason.as_str()),
+            (AgentHealth::CrashLooping, "CrashLoopBackOff")
+        );
+        assert!(v.orphans_claim(Some(t(59))) && v.delete_pod());
+
+        let oom = pod(container(
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            serde_json::json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+            1,
+            false,
+        ));
+        assert_eq!(h(&oom, 60).health, AgentHealth::OomKilled);
+        assert_eq!(h(&oom, 60).reason, "OOMKilled");
+
+        let pull = pod(container(
+            serde_json::json!({"waiting": {"reason": "ImagePullBackOff"}}),
+            serde_json::json!({}),
+            0,
+            false,
+        ));
+        assert_eq!(h(&pull, 60).health, AgentHealth::ImagePullFailing);
+
+        let unsched = pod(serde_json::json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}]}));
+        let v = h(&unsched, 10);
+        assert_eq!(
+            (v.health, v.orphans),
+            (AgentHealth::Unschedulable, Orphans::All)
+        );
+
+        let pending = pod(serde_json::json!({"phase": "Pending"}));
+        assert_eq!(h(&pending, 10).health, AgentHealth::Starting);
+        assert!(!h(&pending, 10).orphans_claim(Some(t(1))));
+        assert_eq!(h(&pending, 180).health, AgentHealth::PendingTooLong);
+
+        let ok = pod(container(
+            serde_json::json!({"running": {"startedAt": "2030-01-01T00:00:05Z"}}),
+            serde_json::json!({}),
+            0,
+            true,
+        ));
+        let v = h(&ok, 60);
+        assert_eq!((v.health, v.orphans), (AgentHealth::Healthy, Orphans::None));
+        assert!(!v.health.is_unhealthy());
+    }
+
+    #[test]
+    fn a_restarted_agent_orphans_only_claims_made_before_the_restart() {
+        let restarted = pod(container(
+            serde_json::json!({"running": {"startedAt": "2030-01-01T00:01:40Z"}}),
+            serde_json::json!({"terminated": {"exitCode": 1, "finishedAt": "2030-01-01T00:01:39Z"}}),
+            1,
+            true,
+        ));
+        let v = pod_health(&restarted, t(200));
+        assert_eq!(v.health, AgentHealth::Healthy);
+        assert_eq!(v.orphans, Orphans::ClaimedBefore(t(100)));
+        assert!(
+            v.orphans_claim(Some(t(50))),
+            "held by the process that died"
+        );
+        assert!(!v.orphans_claim(Some(t(150))), "claimed by the new process");
+        assert!(!v.delete_pod());
+
+        let looping = pod(container(
+            serde_json::json!({"running": {"startedAt": "2030-01-01T00:01:40Z"}}),
+            serde_json::json!({"terminated": {"exitCode": 1}}),
+            CRASH_RESTARTS,
+            false,
+        ));
+        let v = pod_health(&looping, t(200));
+        assert_eq!(v.health, AgentHealth::CrashLooping);
+        assert!(v.delete_pod());
+    }
+
+    #[test]
+    fn exited_and_terminating_agents() {
+        let exited = pod(container(
+            serde_json::json!({"terminated": {"exitCode": 2}}),
+            serde_json::json!({}),
+            0,
+            false,
+        ));
+        let v = pod_health(&exited, t(1));
+        assert_eq!((v.health, v.orphans), (AgentHealth::Exited, Orphans::All));
+        let mut gone = exited.clone();
+        gone.metadata.deletion_timestamp = Some(time(0));
+        assert_eq!(pod_health(&gone, t(1)).health, AgentHealth::Terminating);
+        assert_eq!(pod_health(&gone, t(1)).orphans, Orphans::None);
+    }
+
+    #[test]
+    fn attempt_tags_tell_attempts_apart_within_one_second() {
+        assert_eq!(attempt_tag(&tagged("retry: x", 3)), Some(3));
+        assert_eq!(attempt_tag("retry: x"), None);
+        let policy = Supervision::default();
+        let mut wi = running(); // attempt 1, claimed at t(0)
+        let steps = decide(&wi, &policy, &[stalled()], t(300));
+        let s = wi.status.as_mut().unwrap();
+        for step in &steps {
+            let mut rec = step.intervention(t(300));
+            rec.message = rec.message.map(|m| tagged(&m, 1));
+            s.interventions.push(rec);
+        }
+        s.conditions = vec![cancel_condition(
+            300,
+            "Stalled",
+            &tagged(&steps[1].message, 1),
+        )];
+        assert!(requested_stop(&wi).is_some());
+        assert!(
+            decide(&wi, &policy, &[stalled()], t(305)).is_empty(),
+            "pending"
+        );
+        // Attempt 2 claimed in the very second of the stop: not its stop.
+        let s = wi.status.as_mut().unwrap();
+        s.attempt = 2;
+        s.claim.as_mut().unwrap().acquired_at = Some(time(300));
+        assert_eq!(requested_stop(&wi), None);
+        assert!(current_attempt_interventions(&wi).is_empty());
+        assert_eq!(leftover_conditions(&wi), [conditions::CANCEL_REQUESTED]);
+        assert!(
+            decide(&wi, &policy, &[], t(320)).is_empty(),
+            "no fence of attempt 2"
+        );
     }
 }

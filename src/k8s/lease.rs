@@ -204,14 +204,20 @@ impl LeaderElector {
     /// resourceVersion), so a standby takes over at once instead of after a lease
     /// duration.
     pub async fn release(&self) {
-        let Ok(mut lease) = self.api.get(&self.name).await else { return };
+        let Ok(mut lease) = self.api.get(&self.name).await else {
+            return;
+        };
         let spec = lease.spec.get_or_insert_with(Default::default);
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
         }
         spec.holder_identity = None;
         spec.renew_time = None;
-        if let Err(err) = self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        if let Err(err) = self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             tracing::debug!(%err, lease = %self.name, "could not release the lease");
         }
     }

@@ -45,9 +45,8 @@
 //!
 //! Each watch that triggers reconciles and the slim cache the reconcile reads from are
 //! separate watches of the same objects: kube-runtime shares one watch between the two
-//! only behind its `unstable-runtime-subscribe` feature. A 200 ms debounce lets the
-//! caches catch up with the event that triggered a reconcile; expectations cover the
-//! rest.
+//! only behind its `unstable-runtime-subscribe` feature. Create/delete expectations
+//! and the periodic resync cover a cache that lags the event that triggered a reconcile.
 
 pub mod cache;
 pub mod health;
@@ -64,7 +63,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -206,9 +205,11 @@ pub async fn run(role: RoleContext) -> crate::Result<()> {
         }
     };
 
-    let controller = Controller::new(pools_api, watcher::Config::default())
-        // Lets the slim caches (separate watches) catch up with the event that triggered.
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
+    // No debounce: with kube-runtime 5 a debounced controller stopped acting on owned-pod
+    // events and requeues after its first reconcile (an integration test caught agents
+    // never being replaced). Staleness of the slim caches is covered by the
+    // create/delete expectations and the periodic resync instead.
+    let controller = Controller::new(pools_api, watcher::Config::default());
     let store = controller.store();
     let queue_pools = store.clone();
     let item_pods = pods.clone();

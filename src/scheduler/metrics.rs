@@ -67,7 +67,9 @@ impl SchedulerMetrics {
             "escalated",
             "redriven",
         ] {
-            let _ = decisions.get_or_create(&Transition { decision: decision.to_owned() });
+            let _ = decisions.get_or_create(&Transition {
+                decision: decision.to_owned(),
+            });
         }
         let admission_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         registry.register(

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
 use crate::api::{MAX_INTERVENTION_HISTORY, Outcome, WorkItem};
-use crate::core::supervision::{Action, Step, conditions};
+use crate::core::supervision::{Action, Step, conditions, tagged};
 
 /// What carrying out the steps takes: the status merge patch, and whether the holder's
 /// pod is to be deleted once the patch is written.
@@ -51,15 +51,29 @@ fn upsert(
     }
 }
 
-/// Builds the patch for `steps` on `item` (as observed), or None when there is nothing
+/// Sets condition `type_` False (it described an earlier attempt).
+fn withdraw(list: &mut [Condition], type_: &str, attempt: i32, now: Timestamp) {
+    if let Some(c) = list.iter_mut().find(|c| c.type_ == type_) {
+        c.status = "False".into();
+        c.reason = "NewAttempt".into();
+        c.message = format!("cleared when attempt {attempt} started");
+        c.last_transition_time = Time(now);
+    }
+}
+
+/// Builds the patch for `steps` on `item` (as observed), withdrawing the `clear`
+/// conditions first (leftovers of an earlier attempt), or None when there is nothing
 /// to write.
-pub fn plan(item: &WorkItem, steps: &[Step], now: Timestamp) -> Option<Plan> {
+pub fn plan(item: &WorkItem, steps: &[Step], clear: &[&str], now: Timestamp) -> Option<Plan> {
     let rv = item.metadata.resource_version.as_deref()?;
     let status = item.status.clone().unwrap_or_default();
-    if steps.is_empty() {
+    if steps.is_empty() && clear.is_empty() {
         return None;
     }
     let mut conds = status.conditions.clone();
+    for c in clear {
+        withdraw(&mut conds, c, status.attempt, now);
+    }
     let mut interventions = status.interventions.clone();
     let mut extension = status.budget_extension.clone();
     let mut extended = false;
@@ -67,8 +81,10 @@ pub fn plan(item: &WorkItem, steps: &[Step], now: Timestamp) -> Option<Plan> {
     let mut delete_pod = false;
 
     for step in steps {
+        // Tagged with the attempt, which whole-second times alone cannot tell apart.
+        let message = tagged(&step.message, status.attempt);
         if let Some(c) = step.condition {
-            upsert(&mut conds, c, &step.reason, &step.message, now, false);
+            upsert(&mut conds, c, &step.reason, &message, now, false);
         }
         match &step.action {
             Action::Warn => {}
@@ -76,7 +92,7 @@ pub fn plan(item: &WorkItem, steps: &[Step], now: Timestamp) -> Option<Plan> {
                 &mut conds,
                 conditions::CANCEL_REQUESTED,
                 &step.reason,
-                &step.message,
+                &message,
                 now,
                 true,
             ),
@@ -99,14 +115,18 @@ pub fn plan(item: &WorkItem, steps: &[Step], now: Timestamp) -> Option<Plan> {
                 extended = true;
             }
         }
-        interventions.push(step.intervention(now));
+        let mut record = step.intervention(now);
+        record.message = Some(message);
+        interventions.push(record);
     }
     if interventions.len() > MAX_INTERVENTION_HISTORY {
         let cut = interventions.len() - MAX_INTERVENTION_HISTORY;
         interventions.drain(..cut);
     }
     let mut st = serde_json::Map::new();
-    st.insert("interventions".into(), json!(interventions));
+    if !steps.is_empty() {
+        st.insert("interventions".into(), json!(interventions));
+    }
     if conds != status.conditions {
         st.insert("conditions".into(), json!(conds));
     }
@@ -163,7 +183,7 @@ mod tests {
             }],
             at(100),
         );
-        let p = plan(&wi, &steps, at(100)).expect("a plan");
+        let p = plan(&wi, &steps, &[], at(100)).expect("a plan");
         assert!(p.delete_pod);
         assert_eq!(p.body["metadata"]["resourceVersion"], "42");
         assert_eq!(p.body["status"]["claim"]["epoch"], 6);
@@ -198,7 +218,7 @@ mod tests {
             &[Signal::Stalled { since: at(10) }],
             at(400),
         );
-        let p = plan(&wi, &steps, at(400)).expect("a plan");
+        let p = plan(&wi, &steps, &[], at(400)).expect("a plan");
         assert!(!p.delete_pod);
         let conds: Vec<Condition> =
             serde_json::from_value(p.body["status"]["conditions"].clone()).expect("conditions");
@@ -223,9 +243,59 @@ mod tests {
         );
         let rec = steps[0].intervention(at(0));
         wi.status.as_mut().expect("status").interventions = vec![rec; MAX_INTERVENTION_HISTORY];
-        let p = plan(&wi, &steps, at(400)).expect("a plan");
+        let p = plan(&wi, &steps, &[], at(400)).expect("a plan");
         let recs = p.body["status"]["interventions"].as_array().expect("list");
         assert_eq!(recs.len(), MAX_INTERVENTION_HISTORY);
         assert_eq!(recs.last().expect("last")["action"], "CancelRequested");
+    }
+
+    #[test]
+    fn leftovers_of_an_earlier_attempt_are_withdrawn_before_new_steps() {
+        let mut wi = running();
+        let old = |type_: &str| Condition {
+            type_: type_.into(),
+            status: "True".into(),
+            reason: "Old".into(),
+            message: "old".into(),
+            last_transition_time: Time(at(0)),
+            observed_generation: None,
+        };
+        wi.status.as_mut().expect("status").conditions =
+            vec![old(conditions::STALLED), old(conditions::BUDGET_WARNING)];
+        let p = plan(
+            &wi,
+            &[],
+            &[conditions::STALLED, conditions::BUDGET_WARNING],
+            at(50),
+        )
+        .expect("a plan");
+        assert!(p.body["status"].get("interventions").is_none());
+        let conds: Vec<Condition> =
+            serde_json::from_value(p.body["status"]["conditions"].clone()).expect("conditions");
+        assert!(
+            conds
+                .iter()
+                .all(|c| c.status == "False" && c.reason == "NewAttempt")
+        );
+        assert!(plan(&wi, &[], &[], at(50)).is_none());
+
+        // Stalled again in the new attempt: withdrawn, then set again dated now.
+        let steps = decide(
+            &wi,
+            &Default::default(),
+            &[Signal::Stalled { since: at(10) }],
+            at(400),
+        );
+        let p = plan(&wi, &steps, &[conditions::STALLED], at(400)).expect("a plan");
+        let conds: Vec<Condition> =
+            serde_json::from_value(p.body["status"]["conditions"].clone()).expect("conditions");
+        let stalled = conds
+            .iter()
+            .find(|c| c.type_ == conditions::STALLED)
+            .expect("stalled");
+        assert_eq!(
+            (stalled.status.as_str(), &stalled.last_transition_time),
+            ("True", &Time(at(400)))
+        );
     }
 }

@@ -3,6 +3,7 @@
 mod agent;
 mod api;
 mod chart;
+mod execution;
 mod pool;
 mod scheduler;
 mod supervisor;

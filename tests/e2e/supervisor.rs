@@ -11,7 +11,7 @@ use serde_json::json;
 use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue, find_condition};
 use triad::core::supervision::{StopEnd, conditions, requested_stop};
 use triad::k8s::RoleContext;
-use triad::k8s::fence::{AgentIdentity, Fence, FenceError, claim, fenced_patch, set};
+use triad::k8s::fence::{AgentIdentity, Fence, FenceError, claim, complete_ops, fenced_patch, set};
 use triad::k8s::lease::{AgentLease, LeaderGate};
 
 use crate::scheduler::start_scheduler;
@@ -21,15 +21,46 @@ const LONG: Duration = Duration::from_secs(40);
 const LEASE: Duration = Duration::from_secs(3);
 
 fn start_supervisor(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
+    start_supervisor_with_metrics(ns).0
+}
+
+/// The supervisor and the metrics registry it reports into.
+fn start_supervisor_with_metrics(
+    ns: &TestNamespace,
+) -> (tokio::task::JoinHandle<()>, triad::serve::State) {
+    let serve = triad::serve::State::new();
     let ctx = RoleContext {
         client: ns.client.clone(),
         leader: LeaderGate::always(),
-        serve: triad::serve::State::new(),
+        serve: serve.clone(),
         namespace: Some(ns.name.clone()),
     };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = triad::supervisor::run(ctx).await;
-    })
+    });
+    (task, serve)
+}
+
+/// Events in the namespace about the object named `name` (of `kind`) with `reason`.
+async fn events_about(
+    ns: &TestNamespace,
+    kind: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    api.list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+                && e.reason.as_deref() == Some(reason)
+        })
+        .collect()
 }
 
 async fn create<K>(ns: &TestNamespace, value: serde_json::Value) -> K
@@ -387,4 +418,299 @@ async fn restarting_the_supervisor_causes_no_false_reclaim() {
     )
     .await
     .expect("still holds the item");
+}
+
+#[tokio::test]
+async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_queue() {
+    let ns = TestNamespace::new("sup-violation").await;
+    let (_sup, metrics) = start_supervisor_with_metrics(&ns);
+    let _sched = start_scheduler(&ns);
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {
+            "supervision": {"onViolation": "Escalate", "violationRules": {"noisy": "Warn"}},
+            "escalation": {"toQueue": "experts"}}}),
+    )
+    .await;
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "experts"}, "spec": {}})).await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-v", None, LEASE)
+        .await
+        .expect("lease");
+    let lease_name = lease.name.clone();
+    let _renew = keep_renewing(lease);
+    let claimed = claim_as(&items, "w", "agent-v", &lease_name, None).await;
+    let fence = Fence::of(&claimed).expect("claimed");
+
+    // The work command reports a violation; the agent runtime records it as it does.
+    let report = |rule: &str, count| {
+        triad::agent::writer::violation_op(
+            claimed
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .filter(|c| !c.is_empty()),
+            &triad::core::report::ViolationReport {
+                rule: rule.into(),
+                detail: Some("wrote outside its workspace".into()),
+            },
+            count,
+            &triad::k8s::now(),
+        )
+    };
+    fenced_patch(&items, "w", &fence, vec![report("pii-leak", 2)])
+        .await
+        .expect("violation recorded");
+
+    let item = wait_for(LONG, "Escalated and CancelRequested", || async {
+        let item = items.get("w").await.ok()?;
+        (condition_true(&item, conditions::ESCALATED).is_some()
+            && condition_true(&item, conditions::CANCEL_REQUESTED).is_some())
+        .then_some(item)
+    })
+    .await;
+    assert_eq!(item.epoch(), fence.epoch, "a live agent is asked first");
+    let stop = requested_stop(&item).expect("a stop");
+    assert_eq!(stop.end, StopEnd::Escalate);
+    let rec = item
+        .status
+        .as_ref()
+        .expect("status")
+        .interventions
+        .iter()
+        .find(|i| i.monitor == "violation")
+        .cloned()
+        .expect("violation intervention");
+    assert_eq!(
+        (rec.action.as_str(), rec.reason.as_str()),
+        ("Escalate", "Violation")
+    );
+    assert!(
+        rec.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("rule pii-leak"),
+        "{rec:?}"
+    );
+
+    // The agent stops the work as asked, writing the outcome the stop names.
+    let (kind, reason) = stop.outcome();
+    let outcome = json!({"kind": kind, "reason": reason, "message": "stopped on request",
+        "attempt": item.status.as_ref().expect("status").attempt, "epoch": fence.epoch});
+    fenced_patch(&items, "w", &fence, vec![set("outcome", outcome)])
+        .await
+        .expect("outcome");
+
+    // The scheduler holds and re-routes it to the escalation queue.
+    wait_for(LONG, "re-routed to experts and Queued", || async {
+        let item = items.get("w").await.ok()?;
+        (item.effective_queue() == Some("experts") && item.phase() == Some(Phase::Queued))
+            .then_some(())
+    })
+    .await;
+
+    // Another agent, serving the experts queue, takes it.
+    let lease2 = AgentLease::acquire(ns.api::<Lease>(), "agent-e", None, LEASE)
+        .await
+        .expect("lease");
+    let lease2_name = lease2.name.clone();
+    let _renew2 = keep_renewing(lease2);
+    let second = claim_as(&items, "w", "agent-e", &lease2_name, None).await;
+    let fence2 = Fence::of(&second).expect("claimed again");
+    assert!(fence2.epoch > fence.epoch);
+    // The first attempt's stop does not follow the item into its new attempt.
+    let fresh = wait_for(LONG, "leftover CancelRequested withdrawn", || async {
+        let item = items.get("w").await.ok()?;
+        let status = item.status.as_ref()?;
+        let c = find_condition(&status.conditions, conditions::CANCEL_REQUESTED)?;
+        (c.status == "False").then_some(item)
+    })
+    .await;
+    assert_eq!(requested_stop(&fresh), None);
+    assert_eq!(
+        fresh.epoch(),
+        fence2.epoch,
+        "the new holder is not disturbed"
+    );
+
+    fenced_patch(
+        &items,
+        "w",
+        &fence2,
+        complete_ops(&second, None, json!({}), json!([])),
+    )
+    .await
+    .expect("completed on the experts queue");
+    let done = items.get("w").await.expect("item");
+    assert_eq!(done.phase(), Some(Phase::Succeeded));
+
+    wait_for(LONG, "an Event on the item saying why", || async {
+        let events = events_about(&ns, "WorkItem", "w", "Violation").await;
+        (!events.is_empty()).then_some(())
+    })
+    .await;
+    let text = metrics.encode_metrics();
+    assert!(
+        text.contains(r#"triad_violations_total{rule="pii-leak"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"triad_interventions_total{monitor="violation",action="Escalate"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"triad_fault_to_intervention_seconds_count{monitor="violation"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_stopped_as_a_violation() {
+    let ns = TestNamespace::new("sup-timeout").await;
+    let (_sup, metrics) = start_supervisor_with_metrics(&ns);
+    let _sched = start_scheduler(&ns);
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"timeouts": {"attemptSeconds": 2}}}),
+    )
+    .await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-t", None, LEASE)
+        .await
+        .expect("lease");
+    let lease_name = lease.name.clone();
+    let _renew = keep_renewing(lease);
+    claim_as(&items, "w", "agent-t", &lease_name, None).await;
+    let item = wait_for(LONG, "CancelRequested for AttemptTimeout", || async {
+        let item = items.get("w").await.ok()?;
+        condition_true(&item, conditions::CANCEL_REQUESTED)
+            .is_some()
+            .then_some(item)
+    })
+    .await;
+    let stop = requested_stop(&item).expect("stop");
+    assert_eq!(
+        (stop.end, stop.cause.as_str()),
+        (StopEnd::Retry, "AttemptTimeout")
+    );
+    assert!(condition_true(&item, conditions::VIOLATION).is_some());
+    wait_for(LONG, "violation counted", || async {
+        let text = metrics.encode_metrics();
+        text.contains(r#"triad_violations_total{rule="AttemptTimeout"} 1"#)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unhealthy_agent_pod_loses_only_its_own_items() {
+    let ns = TestNamespace::new("sup-pods").await;
+    let (_sup, metrics) = start_supervisor_with_metrics(&ns);
+    let _sched = start_scheduler(&ns);
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    for name in ["mine", "other"] {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": name}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
+    // An agent pod of pool x that no node can run.
+    let pods: Api<Pod> = ns.api();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "agent-bad", "labels": {"triad.dev/pool": "x"}},
+        "spec": {"nodeSelector": {"triad.dev/no-such-node": "x"},
+                 "containers": [{"name": "agent", "image": "triad"}]}
+    }))
+    .expect("pod");
+    wait_for(LONG, "agent pod created", || async {
+        pods.create(&PostParams::default(), &pod).await.ok()
+    })
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    // Both holders keep their leases fresh: only the pod's health can be the reason.
+    let bad = AgentLease::acquire(ns.api::<Lease>(), "agent-bad", None, LEASE)
+        .await
+        .expect("lease");
+    let bad_lease = bad.name.clone();
+    let _renew_bad = keep_renewing(bad);
+    let good = AgentLease::acquire(ns.api::<Lease>(), "agent-good", None, LEASE)
+        .await
+        .expect("lease");
+    let good_lease = good.name.clone();
+    let _renew_good = keep_renewing(good);
+    let other = claim_as(
+        &items,
+        "other",
+        "agent-good",
+        &good_lease,
+        Some("agent-good"),
+    )
+    .await;
+    let other_fence = Fence::of(&other).expect("claimed");
+    let mine = claim_as(&items, "mine", "agent-bad", &bad_lease, Some("agent-bad")).await;
+    let fence = Fence::of(&mine).expect("claimed");
+
+    let fenced = wait_for(LONG, "the unschedulable pod's item fenced out", || async {
+        let item = items.get("mine").await.ok()?;
+        (item.epoch() > fence.epoch).then_some(item)
+    })
+    .await;
+    let status = fenced.status.clone().expect("status");
+    let kind = status
+        .outcome
+        .as_ref()
+        .map(|o| o.kind)
+        .or_else(|| status.attempts.last().and_then(|a| a.outcome));
+    assert_eq!(kind, Some(OutcomeKind::LeaseExpired), "retried, not failed");
+    let rec = status
+        .interventions
+        .iter()
+        .find(|i| i.action == "FenceOut")
+        .expect("FenceOut recorded");
+    assert_eq!(
+        (rec.monitor.as_str(), rec.reason.as_str()),
+        ("health", "Unschedulable")
+    );
+    wait_for(LONG, "unhealthy pod deleted", || async {
+        let p = pods.get_opt("agent-bad").await.ok()?;
+        p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    wait_for(LONG, "Events on the pod and the pool", || async {
+        let on_pod = events_about(&ns, "Pod", "agent-bad", "Unschedulable").await;
+        let on_pool = events_about(&ns, "AgentPool", "x", "Unschedulable").await;
+        (!on_pod.is_empty() && !on_pool.is_empty()).then_some(())
+    })
+    .await;
+
+    // The item of another pod is untouched.
+    let item = items.get("other").await.expect("item");
+    assert_eq!(item.epoch(), other_fence.epoch);
+    assert_eq!(item.phase(), Some(Phase::Running));
+    let status = item.status.as_ref().expect("status");
+    assert!(status.outcome.is_none());
+    assert!(
+        status.interventions.is_empty(),
+        "{:?}",
+        status.interventions
+    );
+
+    wait_for(LONG, "intervention metrics", || async {
+        let text = metrics.encode_metrics();
+        text.contains(r#"triad_interventions_total{monitor="health",action="FenceOut"} 1"#)
+            .then_some(())
+    })
+    .await;
 }

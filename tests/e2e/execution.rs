@@ -1,0 +1,386 @@
+//! The whole execution layer on the real control plane and the local node: the pool
+//! controller creates agent pods, the node runner runs them as processes with their own
+//! service-account identity, agents claim and run items, the scheduler and the
+//! supervisor do their parts. All three roles run in the test process, scoped to the
+//! test's namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use triad::api::{AgentPool, Phase, WorkItem, WorkQueue, labels};
+use triad::k8s::RoleContext;
+use triad::k8s::lease::LeaderGate;
+
+use crate::support::{TestNamespace, kubeconfig_path, wait_for};
+
+fn start_roles(ns: &TestNamespace) -> Vec<tokio::task::JoinHandle<()>> {
+    if let Ok(filter) = std::env::var("TRIAD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let ctx = || RoleContext {
+        client: ns.client.clone(),
+        leader: LeaderGate::always(),
+        serve: triad::serve::State::new(),
+        namespace: Some(ns.name.clone()),
+    };
+    let (a, b, c) = (ctx(), ctx(), ctx());
+    vec![
+        tokio::spawn(async move {
+            if let Err(e) = triad::scheduler::run(a).await {
+                eprintln!("scheduler stopped: {e}");
+            }
+        }),
+        tokio::spawn(async move {
+            if let Err(e) = triad::pool::run(b).await {
+                eprintln!("pool controller stopped: {e}");
+            }
+        }),
+        tokio::spawn(async move {
+            if let Err(e) = triad::supervisor::run(c).await {
+                eprintln!("supervisor stopped: {e}");
+            }
+        }),
+    ]
+}
+
+/// `triad controller` as a child process scoped to the test namespace; killed on drop.
+struct ControllerProcess(std::process::Child);
+
+impl ControllerProcess {
+    fn start(ns: &TestNamespace, roles: &str) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_triad"))
+            .args([
+                "controller",
+                "--roles",
+                roles,
+                "--namespace",
+                &ns.name,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start triad controller");
+        Self(child)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where the node runner keeps this cluster's pod directories.
+fn pods_dir() -> PathBuf {
+    kubeconfig_path()
+        .parent()
+        .expect("cluster dir")
+        .join("pods")
+}
+
+fn log_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("triad-exec-{prefix}-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+async fn create<K>(ns: &TestNamespace, value: serde_json::Value) -> K
+where
+    K: serde::de::DeserializeOwned
+        + serde::Serialize
+        + Clone
+        + std::fmt::Debug
+        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    let obj: K = serde_json::from_value(value).expect("valid object");
+    ns.api::<K>()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+fn pool(name: &str, queue: &str, extra: serde_json::Value, script: &str) -> serde_json::Value {
+    let mut spec = json!({
+        "queues": [{"name": queue}],
+        "leaseSeconds": 3,
+        "template": {"spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{"name": "agent", "image": "triad", "command": ["triad", "agent", "--", "sh", "-c", script]}]
+        }}
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"metadata": {"name": name}, "spec": spec})
+}
+
+async fn items_in(api: &Api<WorkItem>) -> Vec<WorkItem> {
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+async fn agent_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
+    ns.api::<Pod>()
+        .list(&ListParams::default().labels(&format!("{}={pool}", labels::POOL)))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_of_three_agents_drains_300_items_each_run_once() {
+    let ns = TestNamespace::new("drain").await;
+    let _roles = start_roles(&ns);
+    let dir = log_dir("drain");
+    let log = dir.join("runs.log");
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    let script = format!(
+        "echo \"$TRIAD_ITEM $TRIAD_ATTEMPT $POD_NAME\" >> {}",
+        log.display()
+    );
+    create::<AgentPool>(&ns, pool("workers", "q", json!({"replicas": 3}), &script)).await;
+    let items: Api<WorkItem> = ns.api();
+    for i in 0..300 {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": format!("item-{i:03}")}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
+    let done = wait_for(Duration::from_secs(240), "300 items Succeeded", || async {
+        let list = items_in(&items).await;
+        (list.len() == 300 && list.iter().all(|i| i.phase() == Some(Phase::Succeeded)))
+            .then_some(list)
+    })
+    .await;
+    let runs = std::fs::read_to_string(&log).expect("run log");
+    let mut per_item: BTreeMap<String, usize> = BTreeMap::new();
+    for line in runs.lines() {
+        let item = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *per_item.entry(item).or_default() += 1;
+    }
+    assert_eq!(per_item.len(), 300, "every work command ran");
+    assert!(
+        per_item.values().all(|n| *n == 1),
+        "each ran exactly once: {per_item:?}"
+    );
+    // Exactly one accepted completion per item: one attempt, one Succeeded outcome.
+    assert!(
+        done.iter()
+            .all(|i| i.status.as_ref().map(|s| s.attempt) == Some(1))
+    );
+    let agents: BTreeSet<String> = done
+        .iter()
+        .filter_map(|i| i.status.as_ref()?.claim.as_ref().map(|c| c.agent.clone()))
+        .collect();
+    assert!(
+        agents.len() >= 2,
+        "at least two agents did work: {agents:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_item_whose_agent_pod_is_killed_runs_again_elsewhere() {
+    let ns = TestNamespace::new("podkill").await;
+    let _roles = start_roles(&ns);
+    let dir = log_dir("podkill");
+    let log = dir.join("runs.log");
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff": {"baseSeconds": 1, "maxSeconds": 2}}}}),
+    )
+    .await;
+    let script = format!(
+        "echo \"$TRIAD_ITEM $TRIAD_ATTEMPT $POD_NAME\" >> {}; sleep 4",
+        log.display()
+    );
+    create::<AgentPool>(&ns, pool("workers", "q", json!({"replicas": 2}), &script)).await;
+    let items: Api<WorkItem> = ns.api();
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "victim"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let first = wait_for(Duration::from_secs(90), "victim running", || async {
+        let i = items.get("victim").await.ok()?;
+        let claim = i.status.as_ref()?.claim.clone()?;
+        (i.phase() == Some(Phase::Running)).then_some(claim)
+    })
+    .await;
+    let pod = first.pod.clone().unwrap_or(first.agent.clone());
+    ns.api::<Pod>()
+        .delete(
+            &pod,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("kill the agent pod");
+    let done = wait_for(
+        Duration::from_secs(90),
+        "victim Succeeded on another agent",
+        || async {
+            let i = items.get("victim").await.ok()?;
+            (i.phase() == Some(Phase::Succeeded)).then_some(i)
+        },
+    )
+    .await;
+    let status = done.status.expect("status");
+    assert_eq!(
+        status.attempt, 2,
+        "the interrupted attempt counted, the second succeeded"
+    );
+    assert_ne!(
+        status.claim.expect("claim").agent,
+        first.agent,
+        "another agent finished it"
+    );
+    assert!(
+        status
+            .attempts
+            .iter()
+            .any(|a| a.outcome == Some(triad::api::OutcomeKind::LeaseExpired))
+    );
+    let runs = std::fs::read_to_string(&log).expect("run log");
+    assert_eq!(
+        runs.lines().count(),
+        2,
+        "run twice: the interrupted attempt and the retry"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pool_scales_from_zero_to_max_and_back_without_deleting_busy_agents() {
+    let ns = TestNamespace::new("scaling").await;
+    let _roles = start_roles(&ns);
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    create::<AgentPool>(
+        &ns,
+        pool(
+            "elastic",
+            "q",
+            json!({"minReplicas": 0, "maxReplicas": 3, "scaling": {"itemsPerAgent": 5, "scaleDownDelaySeconds": 3}}),
+            "sleep 0.3",
+        ),
+    )
+    .await;
+    let pools: Api<AgentPool> = ns.api();
+    // No work: no agents.
+    wait_for(Duration::from_secs(30), "pool at zero", || async {
+        let p = pools.get("elastic").await.ok()?;
+        (p.status.as_ref()?.desired == 0).then_some(())
+    })
+    .await;
+    assert!(agent_pods(&ns, "elastic").await.is_empty());
+    let items: Api<WorkItem> = ns.api();
+    for i in 0..50 {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": format!("w-{i:02}")}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
+    wait_for(
+        Duration::from_secs(60),
+        "scaled up to maxReplicas",
+        || async { (agent_pods(&ns, "elastic").await.len() == 3).then_some(()) },
+    )
+    .await;
+    let done = wait_for(Duration::from_secs(180), "50 items Succeeded", || async {
+        let list = items_in(&items).await;
+        (list.len() == 50 && list.iter().all(|i| i.phase() == Some(Phase::Succeeded)))
+            .then_some(list)
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(60),
+        "back to zero after the delay",
+        || async { agent_pods(&ns, "elastic").await.is_empty().then_some(()) },
+    )
+    .await;
+    // A busy agent deleted to scale in would have left an interrupted attempt behind.
+    for item in &done {
+        let status = item.status.as_ref().expect("status");
+        assert_eq!(status.attempt, 1, "{} was interrupted", item.name_any());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_idle_agent_is_replaced_and_leaves_no_process_behind() {
+    let ns = TestNamespace::new("replace").await;
+    // The pool controller as its own process, as it runs in a cluster.
+    let _pools = ControllerProcess::start(&ns, "pools");
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    create::<AgentPool>(&ns, pool("idle", "q", json!({"replicas": 1}), "true")).await;
+    let running = wait_for(Duration::from_secs(60), "an agent pod Running", || async {
+        agent_pods(&ns, "idle")
+            .await
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    let uid = running.metadata.uid.clone().expect("uid");
+    let pid_file = pods_dir()
+        .join(format!("{}_{}_{uid}", ns.name, running.name_any()))
+        .join("pid");
+    let pgid: i32 = wait_for(
+        Duration::from_secs(30),
+        "the pod's process group",
+        || async { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() },
+    )
+    .await;
+    // SAFETY: kill with signal 0 only checks whether the process group exists.
+    assert_eq!(
+        unsafe { libc::kill(-pgid, 0) },
+        0,
+        "the agent runs as process group {pgid}"
+    );
+    ns.api::<Pod>()
+        .delete(&running.name_any(), &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    let replacement = wait_for(Duration::from_secs(60), "a replacement agent", || async {
+        agent_pods(&ns, "idle")
+            .await
+            .into_iter()
+            .find(|p| p.metadata.uid.as_deref() != Some(uid.as_str()))
+    })
+    .await;
+    assert_ne!(replacement.name_any(), running.name_any());
+    wait_for(
+        Duration::from_secs(30),
+        "the deleted agent's processes to be gone",
+        || async {
+            // SAFETY: as above, a pure existence check.
+            (unsafe { libc::kill(-pgid, 0) } != 0).then_some(())
+        },
+    )
+    .await;
+}
