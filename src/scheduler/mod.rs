@@ -58,7 +58,21 @@ pub(crate) struct Scheduler {
     cosmetic: Mutex<(f64, tokio::time::Instant)>,
     admission: tokio::sync::Mutex<()>,
     in_transit: Mutex<HashSet<(String, String, String)>>,
+    /// Per queue: when positions were last ranked, and each claimable item's
+    /// (position, of). Ranking is O(n log n) per queue, so it is refreshed at most every
+    /// few seconds and only for queues whose items are being explained.
+    positions: Mutex<
+        std::collections::HashMap<
+            Key,
+            (
+                tokio::time::Instant,
+                std::collections::HashMap<String, (usize, usize)>,
+            ),
+        >,
+    >,
 }
+
+const POSITIONS_EVERY: Duration = Duration::from_secs(5);
 
 const COSMETIC_PER_SECOND: f64 = 20.0;
 
@@ -116,6 +130,7 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
         cosmetic: Mutex::new((COSMETIC_PER_SECOND, tokio::time::Instant::now())),
         admission: tokio::sync::Mutex::new(()),
         in_transit: Mutex::new(HashSet::new()),
+        positions: Mutex::new(Default::default()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -373,6 +388,21 @@ impl Scheduler {
             .get(PAYLOAD_BYTES)
             .and_then(|b| b.parse().ok())
             .unwrap_or(0);
+        let position = route.queue().and_then(|q| {
+            let waited = item.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+                Timestamp::now().duration_since(t.0).as_secs_f64()
+                    >= item::EXPLAIN_AFTER.as_secs_f64()
+            });
+            let claimable = crate::core::phase::is_claimable(&item, Timestamp::now());
+            (waited && claimable).then(|| {
+                self.position_of(
+                    ns,
+                    q,
+                    name,
+                    queue.as_ref().map_or(1, |q| q.spec.aging_seconds),
+                )
+            })?
+        });
         let view = ItemView {
             route: route.clone(),
             queue: queue.as_ref().map(|q| &q.spec),
@@ -380,7 +410,7 @@ impl Scheduler {
             running_in_queue: running,
             admitted_in_queue: admitted,
             pool_serves_queue,
-            position: None,
+            position,
             payload_bytes,
         };
         let now = Timestamp::now();
@@ -397,6 +427,44 @@ impl Scheduler {
         }
     }
 
+    /// "position N of M" among the queue's claimable items, from a ranking refreshed at
+    /// most every [`POSITIONS_EVERY`].
+    fn position_of(
+        &self,
+        ns: &str,
+        queue: &str,
+        name: &str,
+        aging_seconds: i64,
+    ) -> Option<(usize, usize)> {
+        let key = (ns.to_owned(), queue.to_owned());
+        let mut cache = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = cache
+            .get(&key)
+            .is_some_and(|(at, _)| at.elapsed() < POSITIONS_EVERY);
+        if !fresh {
+            let now = Timestamp::now();
+            let names = self.lock_index().in_phase(ns, queue, Phase::Queued);
+            let items: Vec<Arc<WorkItem>> = names
+                .iter()
+                .filter_map(|(n, _)| self.items.get(&ObjectRef::new(n).within(ns)))
+                .filter(|i| crate::core::phase::is_claimable(i, now))
+                .collect();
+            let candidates: Vec<_> = items
+                .iter()
+                .map(|i| crate::core::ordering::Candidate::of(i))
+                .collect();
+            let ranks = crate::core::ordering::positions(&candidates, aging_seconds, now);
+            let total = candidates.len();
+            let map = candidates
+                .iter()
+                .zip(ranks)
+                .map(|(c, p)| (c.name.to_owned(), (p, total)))
+                .collect();
+            cache.insert(key.clone(), (tokio::time::Instant::now(), map));
+        }
+        cache.get(&key).and_then(|(_, m)| m.get(name).copied())
+    }
+
     fn lock_transit(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
         self.in_transit.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -408,7 +476,9 @@ impl Scheduler {
             let seen = self
                 .items
                 .get(&ObjectRef::new(item).within(n))
-                .is_none_or(|i| i.phase() != Some(Phase::Pending));
+                // Seen once the watch shows the admission (any explicit phase past
+                // Pending); an item with no status yet has not caught up.
+                .is_none_or(|i| !matches!(i.phase(), None | Some(Phase::Pending)));
             let _ = (q, index);
             !seen
         });

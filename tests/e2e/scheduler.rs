@@ -357,6 +357,26 @@ async fn waiting_items_say_why() {
         json!({"metadata": {"name": "lonely"}, "spec": {"queue": "a1"}}),
     )
     .await;
+    apply::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "line"}, "spec": {"agingSeconds": 0}}),
+    )
+    .await;
+    apply::<triad::api::AgentPool>(
+        &ns,
+        json!({"metadata": {"name": "line-pool"}, "spec": {"queues": [{"name": "line"}], "replicas": 0, "template": {}}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "p-low"}, "spec": {"queue": "line", "priority": 100}}),
+    )
+    .await;
+    apply::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "p-high"}, "spec": {"queue": "line", "priority": 900}}),
+    )
+    .await;
     let items: Api<WorkItem> = ns.api();
     let why = |name: &'static str, needle: &'static str| {
         let items = items.clone();
@@ -375,6 +395,8 @@ async fn waiting_items_say_why() {
     why("dep", "waiting for dependency missing").await;
     why("future", "not before").await;
     why("lonely", "no agent pool serves queue a1").await;
+    why("p-low", "position 2 of 2 in queue").await;
+    why("p-high", "position 1 of 2 in queue").await;
     // maxInFlight 1: one item admitted, the other waits for room.
     let admitted = wait_for(LONG, "one narrow item admitted", || async {
         let a = phase_of(&items, "first").await;
