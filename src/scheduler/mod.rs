@@ -12,7 +12,7 @@ pub mod item;
 mod metrics;
 mod request;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,16 +61,11 @@ pub(crate) struct Scheduler {
     /// Per queue: when positions were last ranked, and each claimable item's
     /// (position, of). Ranking is O(n log n) per queue, so it is refreshed at most every
     /// few seconds and only for queues whose items are being explained.
-    positions: Mutex<
-        std::collections::HashMap<
-            Key,
-            (
-                tokio::time::Instant,
-                std::collections::HashMap<String, (usize, usize)>,
-            ),
-        >,
-    >,
+    positions: Mutex<HashMap<Key, RankedQueue>>,
 }
+
+/// When a queue was last ranked, and each claimable item's (position, of).
+type RankedQueue = (tokio::time::Instant, HashMap<String, (usize, usize)>);
 
 const POSITIONS_EVERY: Duration = Duration::from_secs(5);
 
