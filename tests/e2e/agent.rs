@@ -88,7 +88,7 @@ impl Agent {
         ok.then_some(body)
     }
 
-    async fn wait_ready(&mut self) {
+    pub(crate) async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.get("/readyz").await.is_some() {
@@ -121,7 +121,7 @@ impl Agent {
             .unwrap_or(0.0)
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, sig);

@@ -4,6 +4,7 @@ mod agent;
 mod api;
 mod chart;
 mod execution;
+mod ladder;
 mod pool;
 mod scheduler;
 mod supervisor;
