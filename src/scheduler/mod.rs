@@ -257,7 +257,11 @@ impl Scheduler {
                     self.after_change(change, true);
                 }
             }
-            watcher::Event::InitDone => {}
+            // The reflector swaps its store only now, at the end of a relist: items
+            // enqueued during the relist may have been decided on the old copies, so
+            // look at everything once more (the lost-after-apiserver-restart bug the
+            // chaos run found).
+            watcher::Event::InitDone => self.resync_all(),
         }
     }
 

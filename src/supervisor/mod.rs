@@ -330,7 +330,15 @@ impl Supervisor {
                     self.lock_leases().remove(&key);
                 }
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            // A relist follows a broken watch (an API server restart, a network cut):
+            // while it was broken we saw no renewals, and agents could not renew
+            // either. Start every lease clock afresh, as after our own restart, so an
+            // outage never reads as every agent going stale at once.
+            watcher::Event::Init => {
+                self.lock_leases().clear();
+                self.lock_missing().clear();
+            }
+            watcher::Event::InitDone => {}
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod agent;
 mod api;
+mod chaos;
 mod chart;
 mod execution;
 mod ladder;

@@ -1,0 +1,296 @@
+//! A short chaos run inside `make test` (the long one is `make chaos`): 200 items on an
+//! AgentPool of 4 agent pods (work: 0.2–1 s of sleep) (run by the node runner) while the test kills agent
+//! processes, deletes agent pods, pauses an agent past its lease, and aborts and respawns
+//! the scheduler, pool and supervisor roles (in-process, scoped to the test namespace).
+//! The shared API server is never touched. Every item must succeed exactly once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue};
+use triad::k8s::RoleContext;
+use triad::k8s::lease::LeaderGate;
+
+use crate::support::{TestNamespace, kubeconfig_path, wait_for};
+
+const ITEMS: usize = 200;
+const AGENTS: usize = 4;
+const LEASE_SECONDS: u64 = 4;
+
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Scheduler,
+    Pools,
+    Supervisor,
+}
+
+fn spawn_role(ns: &TestNamespace, role: Role) -> tokio::task::JoinHandle<()> {
+    let ctx = RoleContext {
+        client: ns.client.clone(),
+        leader: LeaderGate::always(),
+        serve: triad::serve::State::new(),
+        namespace: Some(ns.name.clone()),
+    };
+    tokio::spawn(async move {
+        let r = match role {
+            Role::Scheduler => triad::scheduler::run(ctx).await,
+            Role::Pools => triad::pool::run(ctx).await,
+            Role::Supervisor => triad::supervisor::run(ctx).await,
+        };
+        if let Err(e) = r {
+            eprintln!("{role:?} stopped: {e}");
+        }
+    })
+}
+
+/// The node runner's process group ids of this namespace's pods: (pod, pgid).
+fn agent_processes(ns: &str) -> Vec<(String, i32)> {
+    let dir = kubeconfig_path().parent().expect("state dir").join("pods");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = fname.strip_prefix(&format!("{ns}_")) else {
+            continue;
+        };
+        let pod = rest
+            .rsplit_once('_')
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_default();
+        if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            && PathBuf::from(format!("/proc/{pid}")).exists()
+        {
+            out.push((pod, pid));
+        }
+    }
+    out
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a pid (or, negative, a process group) of this test's pods.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn ready_agents(pods: &Api<Pod>) -> usize {
+    pods.list(&ListParams::default().labels("triad.dev/pool=chaos"))
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_loses_nothing_and_completes_nothing_twice() {
+    let ns = TestNamespace::new("chaos").await;
+    let scratch = std::env::temp_dir().join(format!("triad-{}", ns.name));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let worklog = scratch.join("work.log");
+    std::fs::write(&worklog, "").expect("work log");
+
+    let mut roles: Vec<(Role, tokio::task::JoinHandle<()>)> =
+        [Role::Scheduler, Role::Pools, Role::Supervisor]
+            .into_iter()
+            .map(|r| (r, spawn_role(&ns, r)))
+            .collect();
+
+    let queue: WorkQueue = serde_json::from_value(json!({"metadata": {"name": "q"}, "spec": {
+        "retry": {"maxAttempts": 30, "backoff": {"baseSeconds": 1, "maxSeconds": 3}}}}))
+    .expect("queue");
+    ns.api::<WorkQueue>()
+        .create(&PostParams::default(), &queue)
+        .await
+        .expect("create queue");
+    let script = format!(
+        r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT start" >> {log}; sleep "$(printf '0.%03d' $((200 + RANDOM % 800)))"; echo "$TRIAD_ITEM $TRIAD_ATTEMPT done" >> {log}"#,
+        log = worklog.display()
+    );
+    let pool: AgentPool = serde_json::from_value(json!({"metadata": {"name": "chaos"}, "spec": {
+        "queues": [{"name": "q"}], "replicas": AGENTS,
+        "leaseSeconds": LEASE_SECONDS, "lifecycle": {"type": "Persistent"},
+        "template": {"spec": {
+            "nodeSelector": {"triad.dev/localnode": "true"},
+            "containers": [{"name": "agent", "image": "triad",
+                "command": ["triad", "agent", "--", "bash", "-c", script],
+                "env": [{"name": "RUST_LOG", "value": "info,kube=warn"}]}]}}}}))
+    .expect("pool");
+    ns.api::<AgentPool>()
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool");
+    let pods: Api<Pod> = ns.api();
+    wait_for(Duration::from_secs(60), "agent pods ready", || async {
+        (ready_agents(&pods).await == AGENTS).then_some(())
+    })
+    .await;
+
+    let items: Api<WorkItem> = ns.api();
+    stream::iter(0..ITEMS)
+        .map(|i| {
+            let items = items.clone();
+            async move {
+                let item: WorkItem = serde_json::from_value(json!({
+                    "metadata": {"name": format!("c-{i:04}")}, "spec": {"queue": "q"}}))
+                .expect("item");
+                items
+                    .create(&PostParams::default(), &item)
+                    .await
+                    .expect("create item");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+
+    // Faults, two seconds apart: each kind at least twice.
+    let succeeded = |list: &[WorkItem]| {
+        list.iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+            .count()
+    };
+    let plan = [
+        "kill",
+        "scheduler",
+        "pause",
+        "delete",
+        "pools",
+        "kill",
+        "supervisor",
+        "pause",
+        "all",
+        "delete",
+    ];
+    let t0 = Instant::now();
+    let mut injected = Vec::new();
+    for fault in plan {
+        let done = succeeded(
+            &items
+                .list(&ListParams::default())
+                .await
+                .expect("list")
+                .items,
+        );
+        injected.push((fault, done));
+        let procs = agent_processes(&ns.name);
+        let victim = procs
+            .get(rand::random::<u32>() as usize % procs.len().max(1))
+            .cloned();
+        match (fault, victim) {
+            ("kill", Some((_, pid))) => kill(pid, libc::SIGKILL),
+            ("pause", Some((_, pid))) => {
+                kill(-pid, libc::SIGSTOP);
+                tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2 + 1)).await;
+                kill(-pid, libc::SIGCONT);
+            }
+            ("delete", Some((pod, _))) => {
+                let _ = pods
+                    .delete(
+                        &pod,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
+            ("scheduler" | "pools" | "supervisor" | "all", _) => {
+                for (role, handle) in roles.iter_mut() {
+                    let hit = fault == "all"
+                        || matches!(
+                            (fault, *role),
+                            ("scheduler", Role::Scheduler)
+                                | ("pools", Role::Pools)
+                                | ("supervisor", Role::Supervisor)
+                        );
+                    if hit {
+                        handle.abort();
+                        let _ = (&mut *handle).await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        *handle = spawn_role(&ns, *role);
+                    }
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let all = wait_for(
+        Duration::from_secs(150),
+        "every item Succeeded after the faults",
+        || async {
+            let list = items.list(&ListParams::default()).await.ok()?.items;
+            (succeeded(&list) == ITEMS).then_some(list)
+        },
+    )
+    .await;
+    eprintln!(
+        "chaos: all {ITEMS} succeeded {:?} after the first fault; faults (kind, items done before it): {injected:?}",
+        t0.elapsed()
+    );
+    assert!(
+        injected.iter().filter(|(_, done)| *done < ITEMS).count() >= 6,
+        "most faults must hit while work is in flight: {injected:?}"
+    );
+
+    // Exactly one accepted completion per item.
+    let double: Vec<String> = all
+        .iter()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .map(|s| {
+                    s.attempts
+                        .iter()
+                        .filter(|a| a.outcome == Some(OutcomeKind::Succeeded))
+                        .count()
+                })
+                .unwrap_or(0)
+                > 1
+        })
+        .map(|i| i.name_any())
+        .collect();
+    assert!(double.is_empty(), "completed twice: {double:?}");
+    // Every item ran, and every Succeeded item's work ran to its end at least once.
+    let text = std::fs::read_to_string(&worklog).expect("work log");
+    let mut done: HashMap<String, usize> = HashMap::new();
+    for l in text.lines() {
+        if let Some(item) = l.strip_suffix(" done").and_then(|l| l.split(' ').next()) {
+            *done.entry(item.to_owned()).or_default() += 1;
+        }
+    }
+    let never = all
+        .iter()
+        .filter(|i| !done.contains_key(&format!("{}/{}", ns.name, i.name_any())))
+        .count();
+    assert_eq!(never, 0, "items Succeeded without their work having run");
+
+    for (_, h) in roles {
+        h.abort();
+    }
+    // Stop the agents before the namespace goes (their pods would be deleted anyway).
+    let _ = ns
+        .api::<AgentPool>()
+        .delete("chaos", &DeleteParams::default())
+        .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -1,0 +1,636 @@
+//! `triad-bench bench`: throughput, write cost, Job comparison, claim latency, conflicts,
+//! memory with 50 000 items, scheduler reconcile time. Writes target/bench/report.json.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use triad::api::{Phase, WorkItem};
+
+use crate::common::*;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// The cluster's state directory (hack/cluster.sh): pods/, *.pid.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    #[arg(long)]
+    pub triad_bin: PathBuf,
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "bench")]
+    pub namespace: String,
+    /// Items per throughput run for 1, 10 and 50 agents.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000,1000")]
+    pub items: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    pub agents: Vec<usize>,
+    /// Jobs in the Job-per-item comparison (default: the last throughput run's items).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[arg(long, default_value_t = 50_000)]
+    pub big: usize,
+    #[arg(long, default_value_t = 200)]
+    pub latency_items: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value = "")]
+    pub versions: String,
+}
+
+const MUTATING: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+
+fn item(name: &str, queue: &str, run: &str) -> WorkItem {
+    serde_json::from_value(json!({
+        "apiVersion": "triad.dev/v1alpha1", "kind": "WorkItem",
+        "metadata": {"name": name, "labels": {"bench.triad.dev/run": run}},
+        "spec": {"queue": queue}
+    }))
+    .expect("item")
+}
+
+/// Watches a run's items; counts the Succeeded ones and remembers when each was first
+/// seen claimed.
+#[derive(Default)]
+struct Tracker {
+    succeeded: HashSet<String>,
+    claimed_at: HashMap<String, Instant>,
+    last_success: Option<Instant>,
+}
+
+fn track(
+    client: &Client,
+    ns: &str,
+    run: &str,
+) -> (Arc<Mutex<Tracker>>, tokio::task::JoinHandle<()>) {
+    let api: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+    let t = Arc::new(Mutex::new(Tracker::default()));
+    let t2 = t.clone();
+    let cfg = watcher::Config::default().labels(&format!("bench.triad.dev/run={run}"));
+    let h = tokio::spawn(async move {
+        let mut s = watcher(api, cfg).boxed();
+        loop {
+            let ev = match s.try_next().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(_) => continue,
+            };
+            let now = Instant::now();
+            let objs = match ev {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => vec![o],
+                _ => vec![],
+            };
+            let mut t = t2.lock().unwrap();
+            for o in objs {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let st = o.status.as_ref();
+                if st.and_then(|s| s.claim.as_ref()).is_some() {
+                    t.claimed_at.entry(name.clone()).or_insert(now);
+                }
+                if st.and_then(|s| s.phase) == Some(Phase::Succeeded) && t.succeeded.insert(name) {
+                    t.last_success = Some(now);
+                }
+            }
+        }
+    });
+    (t, h)
+}
+
+async fn create_items(
+    client: &Client,
+    ns: &str,
+    queue: &str,
+    run: &str,
+    n: usize,
+    conc: usize,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let api: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+    let created: Vec<(String, Instant)> = stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let name = format!("{run}-{i:06}");
+            let obj = item(&name, queue, run);
+            async move {
+                for attempt in 0..20 {
+                    match api.create(&PostParams::default(), &obj).await {
+                        Ok(_) => return Ok((name, Instant::now())),
+                        Err(kube::Error::Api(e)) if e.code == 409 => {
+                            return Ok((name, Instant::now()));
+                        }
+                        Err(e) if attempt < 19 => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(anyhow::anyhow!("create {name}: {e}")),
+                    }
+                }
+                unreachable!()
+            }
+        })
+        .buffer_unordered(conc)
+        .try_collect()
+        .await?;
+    Ok(created.into_iter().collect())
+}
+
+async fn delete_run(client: &Client, ns: &str, run: &str) {
+    let api: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+    let _ = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&format!("bench.triad.dev/run={run}")),
+        )
+        .await;
+}
+
+/// Successful (2xx) mutating requests on `resource`: the writes that reached etcd.
+fn mutating(samples: &[Sample], resource: &str) -> f64 {
+    sum(samples, "apiserver_request_total", |l| {
+        l.get("resource").map(String::as_str) == Some(resource)
+            && l.get("code").is_some_and(|c| c.starts_with('2'))
+            && MUTATING.contains(&l.get("verb").map(String::as_str).unwrap_or(""))
+            && l.get("verb").map(String::as_str) != Some("DELETE")
+    })
+}
+
+/// Mutating requests on `resource` refused with 409 Conflict (lost claim races).
+fn conflict_requests(samples: &[Sample], resource: &str) -> f64 {
+    sum(samples, "apiserver_request_total", |l| {
+        l.get("resource").map(String::as_str) == Some(resource)
+            && l.get("code").map(String::as_str) == Some("409")
+    })
+}
+
+fn all_mutating(samples: &[Sample]) -> f64 {
+    sum(samples, "apiserver_request_total", |l| {
+        l.get("code").is_some_and(|c| c.starts_with('2')) && {
+            let v = l.get("verb").map(String::as_str).unwrap_or("");
+            MUTATING.contains(&v) && v != "DELETE"
+        }
+    })
+}
+
+async fn agent_metrics(client: &Client, ns: &str, pool: &str) -> Vec<Sample> {
+    let pods = pool_pods(client, ns, pool).await.unwrap_or_default();
+    let mut all = Vec::new();
+    for p in pods {
+        if let Some(ip) = pod_ip(&p)
+            && let Ok(text) = http_get(&format!("{ip}:9090"), "/metrics").await
+        {
+            all.extend(parse_prom(&text));
+        }
+    }
+    all
+}
+
+async fn raw_writes(client: &Client, ns: &str, clients: usize, secs: u64) -> anyhow::Result<f64> {
+    // Trivial objects with a status subresource: WorkQueues in a namespace no operator
+    // watches would do, but the operator watches all; so use a tiny CRD of our own.
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "counters.bench.triad.dev"},
+        "spec": {"group": "bench.triad.dev", "scope": "Namespaced",
+            "names": {"plural": "counters", "singular": "counter", "kind": "Counter"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "counters.bench.triad.dev",
+        &PatchParams::apply("triad-bench").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    let ar = kube::api::ApiResource {
+        group: "bench.triad.dev".into(),
+        version: "v1".into(),
+        api_version: "bench.triad.dev/v1".into(),
+        kind: "Counter".into(),
+        plural: "counters".into(),
+    };
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    wait_until(Duration::from_secs(30), "counter CRD", || async {
+        api.list(&ListParams::default().limit(1))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await?;
+    for i in 0..clients {
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "bench.triad.dev/v1", "kind": "Counter", "metadata": {"name": format!("c{i}")}}))?;
+        let _ = api.create(&PostParams::default(), &obj).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let api = api.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let patch = json!({"status": {"n": n}});
+                if api
+                    .patch_status(
+                        &format!("c{i}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(count.load(std::sync::atomic::Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let client = client(&a.kubeconfig).await?;
+    let ns = a.namespace.as_str();
+    prepare(&client, ns).await?;
+    apply(
+        &client,
+        ns,
+        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
+        "metadata": {"name": "q"}, "spec": {}}),
+    )
+    .await?;
+    apply(
+        &client,
+        ns,
+        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
+        "metadata": {"name": "big"}, "spec": {}}),
+    )
+    .await?;
+
+    log("starting the operator (release build, all roles, one process)");
+    let op = Operator::start(
+        &a.triad_bin,
+        &a.kubeconfig,
+        &a.out,
+        "operator",
+        "scheduler,pools,supervisor",
+    )?;
+    op.wait_ready(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let op_rss_idle = rss_mb(op.pid()).unwrap_or(0.0);
+    log(format!("operator idle RSS {op_rss_idle:.1} MB"));
+
+    let max_agents = a.agents.iter().copied().max().unwrap_or(50);
+    log(format!(
+        "raw write ceiling: {max_agents} clients patching status of trivial objects for 10 s"
+    ));
+    let raw = raw_writes(&client, ns, max_agents, 10).await?;
+    log(format!("raw_writes_per_s {raw:.0}"));
+
+    let mut items_per_s = serde_json::Map::new();
+    let mut runs = Vec::new();
+    let mut writes_per_item = 0.0;
+    let mut all_writes_per_item = 0.0;
+    let mut conflict_requests_per_item = 0.0;
+    let mut conflicts = json!(null);
+    let mut claim_latency = json!(null);
+    let mut claim_latency_e2e = json!(null);
+    for (idx, &n) in a.agents.iter().enumerate() {
+        let m = a.items.get(idx).copied().unwrap_or(1000);
+        log(format!("{n} agents: scaling the pool"));
+        apply_pool(&client, ns, "bench", &["q"], n as i32, 15, &["true"]).await?;
+        wait_pool_ready(&client, ns, "bench", n, Duration::from_secs(300)).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        if n == 10 || (a.agents.len() == 1) {
+            // Claim latency with idle agents: items one at a time, spaced out.
+            let run = "lat".to_string();
+            let before = agent_metrics(&client, ns, "bench").await;
+            let (tr, h) = track(&client, ns, &run);
+            let api: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+            let mut created = HashMap::new();
+            for i in 0..a.latency_items {
+                let name = format!("{run}-{i:06}");
+                api.create(&PostParams::default(), &item(&name, "q", &run))
+                    .await?;
+                created.insert(name, Instant::now());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            wait_until(Duration::from_secs(120), "latency items done", || async {
+                (tr.lock().unwrap().succeeded.len() >= a.latency_items).then_some(())
+            })
+            .await?;
+            h.abort();
+            let after = agent_metrics(&client, ns, "bench").await;
+            let b = bucket_delta(
+                &buckets(&after, "triad_agent_claim_latency_seconds", |_| true),
+                &buckets(&before, "triad_agent_claim_latency_seconds", |_| true),
+            );
+            let q = |p| quantile(&b, p).map(|s| round(s * 1000.0, 2));
+            claim_latency = json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                "method": "agents' triad_agent_claim_latency_seconds (item first seen in the agent's watch cache -> claim write returned), 10 idle agents, items created one every 50 ms"});
+            let mut lat: Vec<f64> = {
+                let t = tr.lock().unwrap();
+                created
+                    .iter()
+                    .filter_map(|(k, c)| {
+                        t.claimed_at
+                            .get(k)
+                            .map(|x| x.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+                    })
+                    .collect()
+            };
+            lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+                    .map(|v| round(*v, 1))
+            };
+            claim_latency_e2e = json!({"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+                "method": "harness: create returned -> claim visible in the harness's own watch (includes watch delivery)"});
+            log(format!(
+                "claim latency {claim_latency} / end to end {claim_latency_e2e}"
+            ));
+            delete_run(&client, ns, &run).await;
+        }
+
+        let run = format!("n{n}");
+        let agents_before = agent_metrics(&client, ns, "bench").await;
+        let api_before = parse_prom(&apiserver_metrics(&client).await?);
+        let (tr, h) = track(&client, ns, &run);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        create_items(&client, ns, "q", &run, m, a.concurrency).await?;
+        let created_s = t0.elapsed().as_secs_f64();
+        wait_until(
+            Duration::from_secs(900),
+            &format!("{m} items Succeeded with {n} agents"),
+            || async { (tr.lock().unwrap().succeeded.len() >= m).then_some(()) },
+        )
+        .await?;
+        let elapsed = tr
+            .lock()
+            .unwrap()
+            .last_success
+            .unwrap_or_else(Instant::now)
+            .duration_since(t0)
+            .as_secs_f64();
+        h.abort();
+        let api_after = parse_prom(&apiserver_metrics(&client).await?);
+        let agents_after = agent_metrics(&client, ns, "bench").await;
+        let rate = m as f64 / elapsed;
+        let wi =
+            (mutating(&api_after, "workitems") - mutating(&api_before, "workitems")) / m as f64;
+        let c409 = (conflict_requests(&api_after, "workitems")
+            - conflict_requests(&api_before, "workitems"))
+            / m as f64;
+        let aw = (all_mutating(&api_after) - all_mutating(&api_before)) / m as f64;
+        let attempts = sum(&agents_after, "triad_agent_claim_attempts_total", |_| true)
+            - sum(&agents_before, "triad_agent_claim_attempts_total", |_| true);
+        let confl = sum(&agents_after, "triad_agent_claim_conflicts_total", |_| true)
+            - sum(&agents_before, "triad_agent_claim_conflicts_total", |_| {
+                true
+            });
+        log(format!(
+            "{n} agents: {m} items in {elapsed:.1} s = {rate:.1} items/s (created in {created_s:.1} s); workitem writes/item {wi:.2}, all writes/item {aw:.2}; claim attempts {attempts} conflicts {confl}"
+        ));
+        items_per_s.insert(n.to_string(), json!(round(rate, 1)));
+        runs.push(json!({"agents": n, "items": m, "seconds": round(elapsed, 2), "create_seconds": round(created_s, 2),
+            "items_per_s": round(rate, 1), "workitem_writes_per_item": round(wi, 3), "workitem_409_per_item": round(c409, 3), "all_writes_per_item": round(aw, 3),
+            "claim_attempts": attempts, "claim_conflicts": confl,
+            "conflicts_per_claim": if attempts > 0.0 { round(confl / attempts, 3) } else { 0.0 }}));
+        if n == max_agents {
+            writes_per_item = wi;
+            conflict_requests_per_item = c409;
+            all_writes_per_item = aw;
+            conflicts = json!(if attempts > 0.0 {
+                round(confl / attempts, 3)
+            } else {
+                0.0
+            });
+        }
+        delete_run(&client, ns, &run).await;
+    }
+    let headline = items_per_s
+        .get(&max_agents.to_string())
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let efficiency = headline / (raw / 3.0);
+
+    // Jobs: one batch/v1 Job per item, running `true`, on the same node runner.
+    apply_pool(&client, ns, "bench", &["q"], 0, 15, &["true"]).await?;
+    wait_pool_ready(&client, ns, "bench", 0, Duration::from_secs(120)).await?;
+    let nj = a
+        .jobs
+        .unwrap_or_else(|| a.items.last().copied().unwrap_or(500));
+    log(format!("{nj} Jobs, one per item, running `true`"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let t0 = Instant::now();
+    stream::iter(0..nj)
+        .map(|i| {
+            let jobs = jobs.clone();
+            async move {
+                let job: Job = serde_json::from_value(json!({
+                    "metadata": {"name": format!("job-{i:06}"), "labels": {"bench.triad.dev/run": "jobs"}},
+                    "spec": {"backoffLimit": 6, "template": {"spec": {
+                        "restartPolicy": "Never",
+                        "nodeSelector": {"triad.dev/localnode": "true"},
+                        "containers": [{"name": "work", "image": "busybox", "command": ["true"]}]}}}
+                }))
+                .expect("job");
+                for _ in 0..20 {
+                    match jobs.create(&PostParams::default(), &job).await {
+                        Ok(_) => return,
+                        Err(kube::Error::Api(e)) if e.code == 409 => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+        })
+        .buffer_unordered(a.concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let jobs_done = wait_until(Duration::from_secs(1800), "all Jobs Complete", || async {
+        let list = jobs
+            .list(&ListParams::default().labels("bench.triad.dev/run=jobs"))
+            .await
+            .ok()?;
+        let done = list
+            .items
+            .iter()
+            .filter(|j| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Complete" && c.status == "True")
+                    })
+            })
+            .count();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        (done >= nj).then_some(Instant::now())
+    })
+    .await?;
+    let jobs_rate = nj as f64 / jobs_done.duration_since(t0).as_secs_f64();
+    log(format!("Jobs: {jobs_rate:.2} items/s"));
+    let _ = jobs
+        .delete_collection(
+            &DeleteParams::background(),
+            &ListParams::default().labels("bench.triad.dev/run=jobs"),
+        )
+        .await;
+
+    // 50 000 items in a queue no agent serves yet.
+    log(format!("creating {} items in queue big (no agents)", a.big));
+    let op_metrics_before = parse_prom(&http_get(&op.addr(), "/metrics").await?);
+    let t0 = Instant::now();
+    create_items(&client, ns, "big", "big", a.big, a.concurrency.max(96)).await?;
+    let create_rate = a.big as f64 / t0.elapsed().as_secs_f64();
+    log(format!(
+        "created {} items at {create_rate:.0}/s; letting the operator settle 20 s",
+        a.big
+    ));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let op_metrics_after = parse_prom(&http_get(&op.addr(), "/metrics").await?);
+    let op_rss_big = rss_mb(op.pid()).unwrap_or(0.0);
+    let is_wi =
+        |l: &BTreeMap<String, String>| l.get("controller").map(String::as_str) == Some("workitem");
+    let rb = bucket_delta(
+        &buckets(&op_metrics_after, "triad_reconcile_duration_seconds", is_wi),
+        &buckets(
+            &op_metrics_before,
+            "triad_reconcile_duration_seconds",
+            is_wi,
+        ),
+    );
+    let reconciles = rb.get(&u64::MAX).copied().unwrap_or(0.0);
+    let sched_p99 = quantile(&rb, 0.99).map(|s| round(s * 1000.0, 2));
+    let sched_p50 = quantile(&rb, 0.5).map(|s| round(s * 1000.0, 2));
+    log(format!(
+        "operator RSS with {} items {op_rss_big:.1} MB; workitem reconcile p50 {sched_p50:?} p99 {sched_p99:?} ms over {reconciles} reconciles",
+        a.big
+    ));
+
+    // One agent on the big queue; its work never ends, so 50 000 stay queued around it.
+    apply_pool(&client, ns, "idle", &["big"], 1, 15, &["sleep", "3600"]).await?;
+    let pods = wait_pool_ready(&client, ns, "idle", 1, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let pod_name = pods[0].metadata.name.clone().unwrap_or_default();
+    let agent_rss = pod_pids(&a.state_dir, ns)
+        .into_iter()
+        .find(|(p, _, _)| *p == pod_name)
+        .and_then(|(_, _, pgid)| agent_pid(pgid))
+        .and_then(rss_mb)
+        .unwrap_or(0.0);
+    log(format!(
+        "agent RSS with {} items queued {agent_rss:.1} MB",
+        a.big
+    ));
+    let op_rss_big2 = rss_mb(op.pid()).unwrap_or(0.0);
+    let kube_version: Value = {
+        let req = http::Request::get("/version").body(Vec::new())?;
+        serde_json::from_str(&client.request_text(req).await?).unwrap_or(json!(null))
+    };
+
+    let mut versions: serde_json::Map<String, Value> = a
+        .versions
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
+        .collect();
+    versions.insert("kube_apiserver".into(), kube_version["gitVersion"].clone());
+    versions.insert("triad".into(), json!(env!("CARGO_PKG_VERSION")));
+
+    let report = json!({
+        "raw_writes_per_s": round(raw, 1),
+        "raw_writes_method": format!("{max_agents} concurrent clients, merge patches of /status on trivial custom objects (one per client) for 10 s"),
+        "writes_per_item": round(writes_per_item, 3),
+        "writes_per_item_all_resources": round(all_writes_per_item, 3),
+        "conflict_requests_per_item": round(conflict_requests_per_item, 3),
+        "writes_per_item_method": "apiserver_request_total delta, 2xx responses to POST/PUT/PATCH/APPLY on resource workitems (all subresources; 409s are counted apart as conflict_requests_per_item), over the run with the most agents; _all_resources counts every resource (leases, events, pods, ...)",
+        "items_per_s": items_per_s,
+        "runs": runs,
+        "efficiency_vs_write_limit": round(efficiency, 3),
+        "jobs": nj,
+        "jobs_items_per_s": round(jobs_rate, 2),
+        "speedup_vs_jobs": round(headline / jobs_rate, 2),
+        "claim_latency_ms": claim_latency,
+        "claim_latency_ms_end_to_end": claim_latency_e2e,
+        "conflicts_per_claim": conflicts,
+        "conflicts_method": "agents' triad_agent_claim_conflicts_total / triad_agent_claim_attempts_total over the run with the most agents",
+        "operator_rss_mb": {"idle": round(op_rss_idle, 1), "with_50k_items": round(op_rss_big.max(op_rss_big2), 1)},
+        "agent_rss_mb": round(agent_rss, 1),
+        "items_stored": a.big,
+        "create_rate_per_s": round(create_rate, 1),
+        "scheduler_reconcile_ms": {"p50": sched_p50, "p99": sched_p99, "reconciles": reconciles,
+            "method": "triad_reconcile_duration_seconds{controller=\"workitem\"} delta while the 50 000 items were created and for 20 s after"},
+        "agents_are": "pods of an AgentPool run by the node runner (tools/localnode), release triad",
+        "operator_is": "one `triad controller` process (release), all roles",
+        "etcd_fsync": std::env::var("TRIAD_ETCD_FSYNC").unwrap_or_default() == "1",
+        "machine": machine(),
+        "versions": versions,
+    });
+    let path = a.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    let targets = [
+        ("efficiency_vs_write_limit >= 0.7", efficiency >= 0.7),
+        ("speedup_vs_jobs >= 10", headline / jobs_rate >= 10.0),
+        (
+            "conflicts_per_claim <= 0.2",
+            conflicts.as_f64().unwrap_or(9.9) <= 0.2,
+        ),
+        (
+            "claim_latency_ms.p99 <= 50",
+            claim_latency["p99"].as_f64().unwrap_or(9e9) <= 50.0,
+        ),
+        (
+            "operator_rss_mb.with_50k_items <= 150",
+            op_rss_big.max(op_rss_big2) <= 150.0,
+        ),
+        ("agent_rss_mb <= 30", agent_rss <= 30.0),
+    ];
+    println!("\nTriad benchmark ({})", path.display());
+    println!("  raw writes/s            {raw:.0}");
+    println!(
+        "  items/s                 {}",
+        Value::Object(items_per_s.clone())
+    );
+    println!(
+        "  writes/item (workitems) {writes_per_item:.2}   (all resources {all_writes_per_item:.2})"
+    );
+    println!("  efficiency vs limit     {efficiency:.2}");
+    println!(
+        "  Jobs items/s            {jobs_rate:.2}   speedup {:.1}x",
+        headline / jobs_rate
+    );
+    println!("  claim latency ms        {claim_latency}");
+    println!("  conflicts/claim @{max_agents}      {conflicts}");
+    println!(
+        "  operator RSS MB         idle {op_rss_idle:.1}, with {} items {:.1}",
+        a.big,
+        op_rss_big.max(op_rss_big2)
+    );
+    println!("  agent RSS MB            {agent_rss:.1}");
+    println!("  workitem reconcile ms   p50 {sched_p50:?} p99 {sched_p99:?}");
+    for (t, ok) in targets {
+        println!("  [{}] {t}", if ok { "met" } else { "MISSED" });
+    }
+    Ok(())
+}

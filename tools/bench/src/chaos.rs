@@ -1,0 +1,848 @@
+//! `triad-bench chaos`: 2 000 items on 10 agents while agents, operator roles and the
+//! API server are killed, paused and restarted, and invalid input is submitted.
+//! Writes target/chaos/report.json.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use rand::Rng;
+use serde_json::{Value, json};
+use triad::api::{OutcomeKind, Phase, WorkItem};
+
+use crate::common::*;
+
+#[derive(clap::Args, Debug)]
+pub struct ChaosArgs {
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    #[arg(long)]
+    pub triad_bin: PathBuf,
+    #[arg(long, default_value = "target/chaos")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "chaos")]
+    pub namespace: String,
+    #[arg(long, default_value_t = 2000)]
+    pub items: usize,
+    #[arg(long, default_value_t = 10)]
+    pub agents: usize,
+    /// Seconds between two faults.
+    #[arg(long, default_value_t = 3)]
+    pub interval: u64,
+    #[arg(long, default_value_t = 1500)]
+    pub deadline: u64,
+}
+
+const LEASE: u64 = 6;
+
+struct Roles {
+    ops: Vec<Operator>,
+    crashes: usize,
+    exits: usize,
+}
+
+impl Roles {
+    /// Restarts any role that exited on its own, counting it.
+    async fn check(&mut self) {
+        for op in &mut self.ops {
+            if let Some(panicked) = op.exited() {
+                self.exits += 1;
+                if panicked {
+                    self.crashes += 1;
+                }
+                log(format!(
+                    "operator role {} exited on its own (panic: {panicked}); restarting",
+                    op.name
+                ));
+                let _ = op.restart(false).await;
+            }
+        }
+    }
+}
+
+/// Restarts kube-apiserver with the same argv (etcd and its data stay).
+async fn restart_apiserver(state: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let pid: u32 = std::fs::read_to_string(state.join("apiserver.pid"))?
+        .trim()
+        .parse()?;
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))?
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    anyhow::ensure!(
+        argv.first().is_some_and(|a| a.ends_with("kube-apiserver")),
+        "pid {pid} is not kube-apiserver: {argv:?}"
+    );
+    signal(pid, libc::SIGTERM);
+    for _ in 0..150 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(pid, libc::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(state.join("apiserver.log"))?;
+    let err = out.try_clone()?;
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid in the child before exec, as hack/cluster.sh's `setsid`.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    std::fs::write(state.join("apiserver.pid"), format!("{}\n", child.id()))?;
+    std::mem::forget(child); // it outlives us; hack/cluster.sh down stops it
+    Ok(())
+}
+
+async fn apiserver_ready(client: &Client) -> bool {
+    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    client.request_text(req).await.is_ok()
+}
+
+async fn count_succeeded(api: &Api<WorkItem>) -> Option<usize> {
+    let list = api
+        .list(&ListParams::default().labels("chaos.triad.dev/run=main"))
+        .await
+        .ok()?;
+    Some(
+        list.items
+            .iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+            .count(),
+    )
+}
+
+/// Invalid input: each case is a closure result: Some(true) rejected/surfaced, Some(false) not.
+async fn invalid_inputs(client: &Client, ns: &str) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    let wi: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+    let dyn_api = |kind: &str, plural: &str| {
+        let ar = kube::api::ApiResource {
+            group: "triad.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "triad.dev/v1alpha1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &ar)
+    };
+    let create = |kind: &'static str, plural: &'static str, body: Value| {
+        let api = dyn_api(kind, plural);
+        async move {
+            let mut body = body;
+            body["apiVersion"] = json!("triad.dev/v1alpha1");
+            body["kind"] = json!(kind);
+            let obj: kube::api::DynamicObject = serde_json::from_value(body).expect("object");
+            api.create(&PostParams::default(), &obj).await
+        }
+    };
+    let rejected = |r: Result<kube::api::DynamicObject, kube::Error>| match r {
+        Err(kube::Error::Api(e)) => (
+            true,
+            format!(
+                "{} {}",
+                e.code,
+                e.message.chars().take(200).collect::<String>()
+            ),
+        ),
+        Err(e) => (true, e.to_string().chars().take(200).collect()),
+        Ok(_) => (false, "accepted".into()),
+    };
+    let cases: Vec<(&str, &str, &str, Value)> = vec![
+        (
+            "priority out of range",
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "bad-prio"}, "spec": {"queue": "q", "priority": 5000}}),
+        ),
+        (
+            "no queue and no type",
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "bad-noqueue"}, "spec": {}}),
+        ),
+        (
+            "negative budget",
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "bad-budget"}, "spec": {"queue": "q", "budget": {"tokens": -5}}}),
+        ),
+        (
+            "maxAttempts 0",
+            "WorkQueue",
+            "workqueues",
+            json!({"metadata": {"name": "bad-q1"}, "spec": {"retry": {"maxAttempts": 0}}}),
+        ),
+        (
+            "jitter 500%",
+            "WorkQueue",
+            "workqueues",
+            json!({"metadata": {"name": "bad-q2"}, "spec": {"retry": {"backoff": {"jitterPercent": 500}}}}),
+        ),
+        (
+            "negative replicas",
+            "AgentPool",
+            "agentpools",
+            json!({"metadata": {"name": "bad-pool"}, "spec": {"queues": [{"name": "q"}], "replicas": -1, "template": {"spec": {"containers": [{"name": "a", "image": "triad"}]}}}}),
+        ),
+        (
+            "priority out of range (request)",
+            "WorkRequest",
+            "workrequests",
+            json!({"metadata": {"name": "bad-wr-prio"}, "spec": {"priority": -3, "tasks": [{"name": "a", "type": "t"}]}}),
+        ),
+    ];
+    for (what, kind, plural, body) in cases {
+        let (ok, msg) = rejected(create(kind, plural, body).await);
+        out.push((what.to_string(), ok, msg));
+    }
+    // A 3 MiB payload: over the API server's request limit.
+    let big = "x".repeat(3 * 1024 * 1024);
+    let (ok, msg) = rejected(create("WorkItem", "workitems", json!({"metadata": {"name": "bad-huge"}, "spec": {"queue": "nopool", "payload": {"blob": big}}})).await);
+    out.push(("3 MiB payload".into(), ok, msg));
+    // Duplicate name.
+    let _ = create(
+        "WorkItem",
+        "workitems",
+        json!({"metadata": {"name": "dup"}, "spec": {"queue": "nopool"}}),
+    )
+    .await;
+    let (ok, msg) = rejected(
+        create(
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "dup"}, "spec": {"queue": "nopool"}}),
+        )
+        .await,
+    );
+    out.push(("duplicate name".into(), ok, msg));
+
+    // Surfaced in status rather than refused.
+    let surfaced_cases: Vec<(&str, &str, &str, Value)> = vec![
+        (
+            "dependency cycle (request)",
+            "WorkRequest",
+            "workrequests",
+            json!({"metadata": {"name": "bad-cycle"}, "spec": {"tasks": [
+            {"name": "a", "type": "t", "dependsOn": ["b"]}, {"name": "b", "type": "t", "dependsOn": ["a"]}]}}),
+        ),
+        (
+            "unknown dependency (request)",
+            "WorkRequest",
+            "workrequests",
+            json!({"metadata": {"name": "bad-dep"}, "spec": {"tasks": [
+            {"name": "a", "type": "t", "dependsOn": ["zzz"]}]}}),
+        ),
+        (
+            "unknown queue",
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "bad-unknown-queue"}, "spec": {"queue": "no-such-queue"}}),
+        ),
+        (
+            "100 KiB payload",
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "bad-payload"}, "spec": {"queue": "nopool", "payload": {"blob": "y".repeat(100 * 1024)}}}),
+        ),
+        (
+            "cycle between items",
+            "WorkItem",
+            "workitems",
+            json!({"metadata": {"name": "bad-cyc-a"}, "spec": {"queue": "nopool", "dependsOn": ["bad-cyc-b"]}}),
+        ),
+    ];
+    let _ = create("WorkItem", "workitems", json!({"metadata": {"name": "bad-cyc-b"}, "spec": {"queue": "nopool", "dependsOn": ["bad-cyc-a"]}})).await;
+    let mut pending = Vec::new();
+    for (what, kind, plural, body) in surfaced_cases {
+        let name = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match create(kind, plural, body).await {
+            Err(e) => out.push((
+                what.into(),
+                true,
+                format!(
+                    "rejected: {}",
+                    e.to_string().chars().take(200).collect::<String>()
+                ),
+            )),
+            Ok(_) => pending.push((what.to_string(), kind, plural, name)),
+        }
+    }
+    // Wait up to 30 s for each accepted one to say what is wrong.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (what, kind, plural, name) in pending {
+        let api = dyn_api(kind, plural);
+        let mut verdict = (false, "nothing surfaced in 30 s".to_string());
+        loop {
+            if let Ok(o) = api.get(&name).await {
+                let st = &o.data["status"];
+                let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+                let bad_cond = conds.iter().find(|c| {
+                    (c["type"] == "Valid" && c["status"] == "False")
+                        || (c["type"] != "Valid"
+                            && c["status"] == "True"
+                            && c["reason"].as_str().is_some_and(|r| {
+                                r.contains("Cycle")
+                                    || r.contains("Unknown")
+                                    || r.contains("Invalid")
+                            }))
+                });
+                let msg = if let Some(c) = bad_cond {
+                    Some(format!("condition {}: {}", c["type"], c["message"]))
+                } else if let Some(e) = st["lastError"]["reason"].as_str() {
+                    Some(format!(
+                        "phase {} lastError {e}: {}",
+                        st["phase"], st["lastError"]["message"]
+                    ))
+                } else if st["phase"] == "Failed" {
+                    Some("phase Failed".into())
+                } else {
+                    st["waiting"]
+                        .as_str()
+                        .filter(|w| {
+                            let w = w.to_lowercase();
+                            w.contains("queue")
+                                && (w.contains("no ") || w.contains("not") || w.contains("unknown"))
+                                || w.contains("cycle")
+                        })
+                        .map(|w| format!("waiting: {w}"))
+                };
+                if let Some(m) = msg {
+                    verdict = (true, m);
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        out.push((what, verdict.0, verdict.1));
+    }
+    drop(wi);
+    out
+}
+
+/// Items on queue "bad" whose work command writes malformed, oversize and flooding
+/// report lines; surfaced = the item still finishes and the agent counted rejected lines.
+async fn report_abuse(client: &Client, ns: &str) -> anyhow::Result<Vec<(String, bool, String)>> {
+    let script = r#"case "$TRIAD_PAYLOAD" in
+  *malformed*) printf '{not json\n{"progress": 12}\n' >> "$TRIAD_REPORT" ;;
+  *oversize*) { printf '{"result": {"x": "'; head -c 3000000 /dev/zero | tr '\0' x; printf '"}}\n'; } >> "$TRIAD_REPORT" ;;
+  *flood*) for i in $(seq 1 20000); do echo "{\"progress\":{\"percent\":$((i % 100))}}"; done >> "$TRIAD_REPORT" ;;
+esac
+exit 0"#;
+    apply_pool(
+        client,
+        ns,
+        "bad",
+        &["bad"],
+        1,
+        LEASE as i32,
+        &["bash", "-c", script],
+    )
+    .await?;
+    wait_pool_ready(client, ns, "bad", 1, Duration::from_secs(120)).await?;
+    let wi: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+    let mut out = Vec::new();
+    for mode in ["malformed", "oversize", "flood"] {
+        let item: WorkItem =
+            serde_json::from_value(json!({"metadata": {"name": format!("report-{mode}")},
+            "spec": {"queue": "bad", "payload": {"mode": mode}}}))?;
+        wi.create(&PostParams::default(), &item).await?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let verdict = loop {
+            if let Ok(i) = wi.get(&format!("report-{mode}")).await {
+                let st = i.status.clone().unwrap_or_default();
+                if st.phase.is_some_and(Phase::is_finished) {
+                    let rv_writes = i
+                        .metadata
+                        .managed_fields
+                        .as_ref()
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    break (
+                        true,
+                        format!(
+                            "phase {:?}, lastError {:?}, managers {rv_writes}",
+                            st.phase,
+                            st.last_error.map(|e| e.reason)
+                        ),
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                break (false, "item did not finish in 90 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        out.push((format!("report: {mode}"), verdict.0, verdict.1));
+    }
+    let pods = pool_pods(client, ns, "bad").await?;
+    let mut rejected = 0.0;
+    let mut restarts = 0;
+    for p in &pods {
+        if let Some(ip) = pod_ip(p)
+            && let Ok(t) = http_get(&format!("{ip}:9090"), "/metrics").await
+        {
+            rejected += sum(
+                &parse_prom(&t),
+                "triad_agent_report_lines_rejected_total",
+                |_| true,
+            );
+        }
+        restarts += p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).sum::<i32>())
+            .unwrap_or(0);
+    }
+    for o in &mut out {
+        o.2.push_str(&format!(
+            "; agent rejected lines total {rejected}, agent restarts {restarts}"
+        ));
+        if restarts > 0 {
+            o.1 = false;
+        }
+    }
+    if rejected < 2.0
+        && let Some(o) = out.iter_mut().find(|o| o.0.contains("malformed"))
+    {
+        o.1 = false;
+    }
+    apply_pool(client, ns, "bad", &["bad"], 0, LEASE as i32, &["true"]).await?;
+    Ok(out)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    DeletePod,
+    KillAgent,
+    PauseAgent,
+    RestartScheduler,
+    RestartPools,
+    RestartSupervisor,
+    RestartOperator,
+    RestartApiserver,
+}
+
+pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let out = std::fs::canonicalize(&a.out)?;
+    let worklog = out.join("work.log");
+    let _ = std::fs::remove_file(&worklog);
+    std::fs::write(&worklog, "")?;
+    let client = client(&a.kubeconfig).await?;
+    let ns = a.namespace.as_str();
+    prepare(&client, ns).await?;
+    for (q, extra) in [
+        (
+            "q",
+            json!({"retry": {"maxAttempts": 30, "backoff": {"baseSeconds": 1, "maxSeconds": 5}}}),
+        ),
+        ("bad", json!({})),
+        ("nopool", json!({})),
+    ] {
+        apply(
+            &client,
+            ns,
+            json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
+            "metadata": {"name": q}, "spec": extra}),
+        )
+        .await?;
+    }
+    log("starting the operator: one process per role");
+    let mut roles = Roles {
+        ops: Vec::new(),
+        crashes: 0,
+        exits: 0,
+    };
+    for r in ["scheduler", "pools", "supervisor"] {
+        let op = Operator::start(&a.triad_bin, &a.kubeconfig, &out, r, r)?;
+        op.wait_ready(Duration::from_secs(60)).await?;
+        roles.ops.push(op);
+    }
+
+    let script = format!(
+        r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT start" >> {log}; sleep "$(printf '0.%03d' $((RANDOM % 500)))"; echo "$TRIAD_ITEM $TRIAD_ATTEMPT done" >> {log}"#,
+        log = worklog.display()
+    );
+    apply_pool(
+        &client,
+        ns,
+        "chaos",
+        &["q"],
+        a.agents as i32,
+        LEASE as i32,
+        &["bash", "-c", &script],
+    )
+    .await?;
+    wait_pool_ready(&client, ns, "chaos", a.agents, Duration::from_secs(180)).await?;
+
+    log("invalid input");
+    let mut invalid = invalid_inputs(&client, ns).await;
+    invalid.extend(report_abuse(&client, ns).await?);
+
+    log(format!(
+        "creating {} items; faults every {} s",
+        a.items, a.interval
+    ));
+    let wi: Api<WorkItem> = Api::namespaced(client.clone(), ns);
+    let t_start = Instant::now();
+    let creator = {
+        let wi = wi.clone();
+        let n = a.items;
+        tokio::spawn(async move {
+            stream::iter(0..n)
+                .map(|i| {
+                    let wi = wi.clone();
+                    async move {
+                        let item: WorkItem = serde_json::from_value(json!({
+                            "metadata": {"name": format!("c-{i:05}"), "labels": {"chaos.triad.dev/run": "main"}},
+                            "spec": {"queue": "q", "payload": {"i": i}}})).expect("item");
+                        for _ in 0..600 {
+                            match wi.create(&PostParams::default(), &item).await {
+                                Ok(_) => return,
+                                Err(kube::Error::Api(e)) if e.code == 409 => return,
+                                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await;
+        })
+    };
+
+    let plan = [
+        Fault::DeletePod,
+        Fault::KillAgent,
+        Fault::RestartScheduler,
+        Fault::RestartApiserver,
+        Fault::PauseAgent,
+        Fault::DeletePod,
+        Fault::RestartPools,
+        Fault::KillAgent,
+        Fault::RestartSupervisor,
+        Fault::DeletePod,
+        Fault::PauseAgent,
+        Fault::KillAgent,
+        Fault::RestartOperator,
+    ];
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut recovery: BTreeMap<String, f64> = BTreeMap::new();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = t_start + Duration::from_secs(a.deadline);
+    let mut step = 0usize;
+    let mut succeeded = 0;
+    let mut last_progress = (0usize, Instant::now());
+    // Faults keep coming while at least 5 % of the items are left.
+    loop {
+        roles.check().await;
+        succeeded = count_succeeded(&wi).await.unwrap_or(succeeded);
+        if succeeded >= a.items || Instant::now() > deadline {
+            break;
+        }
+        if succeeded > last_progress.0 {
+            last_progress = (succeeded, Instant::now());
+        }
+        // Faults stopped and nothing finished for 3 minutes: what is left is stuck.
+        if succeeded * 100 >= a.items * 95 && last_progress.1.elapsed() > Duration::from_secs(180) {
+            log(format!(
+                "no progress for 180 s with {succeeded}/{} succeeded; accounting",
+                a.items
+            ));
+            break;
+        }
+        if succeeded * 100 >= a.items * 95 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        let fault = plan[step % plan.len()];
+        step += 1;
+        let t0 = Instant::now();
+        let base = succeeded;
+        let mut healed_at = t0;
+        match fault {
+            Fault::DeletePod | Fault::KillAgent | Fault::PauseAgent => {
+                let pods = pod_pids(&a.state_dir, ns)
+                    .into_iter()
+                    .filter(|(p, _, _)| p.starts_with("chaos-"))
+                    .collect::<Vec<_>>();
+                if pods.is_empty() {
+                    continue;
+                }
+                let (pod, _, pgid) = pods[rand::rng().random_range(0..pods.len())].clone();
+                match fault {
+                    Fault::DeletePod => {
+                        log(format!("fault: delete agent pod {pod}"));
+                        let _ = pods_api
+                            .delete(
+                                &pod,
+                                &DeleteParams {
+                                    grace_period_seconds: Some(0),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                        *counts.entry("agent_pod_deletes").or_default() += 1;
+                    }
+                    Fault::KillAgent => {
+                        let pid = agent_pid(pgid).unwrap_or(pgid);
+                        log(format!("fault: SIGKILL agent process {pid} of {pod}"));
+                        signal(pid, libc::SIGKILL);
+                        *counts.entry("agent_process_kills").or_default() += 1;
+                    }
+                    _ => {
+                        log(format!(
+                            "fault: SIGSTOP agent pod {pod} (group {pgid}) for {} s",
+                            LEASE * 2 + 2
+                        ));
+                        signal_group(pgid, libc::SIGSTOP);
+                        tokio::time::sleep(Duration::from_secs(LEASE * 2 + 2)).await;
+                        signal_group(pgid, libc::SIGCONT);
+                        healed_at = Instant::now();
+                        *counts.entry("agent_pauses").or_default() += 1;
+                    }
+                }
+                // Recovered: the pool has its agents back, and completions go on.
+                let _ = wait_until(
+                    Duration::from_secs(180),
+                    "pool back to full strength",
+                    || async {
+                        let pods = pool_pods(&client, ns, "chaos").await.ok()?;
+                        (pods.len() == a.agents && pods.iter().all(pod_ready)).then_some(())
+                    },
+                )
+                .await;
+            }
+            Fault::RestartScheduler
+            | Fault::RestartPools
+            | Fault::RestartSupervisor
+            | Fault::RestartOperator => {
+                let which: Vec<usize> = match fault {
+                    Fault::RestartScheduler => vec![0],
+                    Fault::RestartPools => vec![1],
+                    Fault::RestartSupervisor => vec![2],
+                    _ => vec![0, 1, 2],
+                };
+                let hard = fault == Fault::RestartOperator || step.is_multiple_of(2);
+                log(format!(
+                    "fault: restart operator role(s) {which:?} ({})",
+                    if hard { "SIGKILL" } else { "SIGTERM" }
+                ));
+                for i in &which {
+                    let _ = roles.ops[*i].restart(hard).await;
+                }
+                for i in &which {
+                    let _ = roles.ops[*i].wait_ready(Duration::from_secs(120)).await;
+                }
+                healed_at = Instant::now();
+                *counts
+                    .entry(if which.len() == 3 {
+                        "operator_whole_restarts"
+                    } else {
+                        "operator_role_restarts"
+                    })
+                    .or_default() += 1;
+            }
+            Fault::RestartApiserver => {
+                log("fault: restart kube-apiserver");
+                if let Err(e) = restart_apiserver(&a.state_dir).await {
+                    log(format!("apiserver restart failed: {e}"));
+                    continue;
+                }
+                let _ = wait_until(Duration::from_secs(180), "apiserver ready", || async {
+                    apiserver_ready(&client).await.then_some(())
+                })
+                .await;
+                healed_at = Instant::now();
+                *counts.entry("apiserver_restarts").or_default() += 1;
+            }
+        }
+        // ...and completions resume after the heal.
+        let _ = healed_at;
+        let _ = wait_until(Duration::from_secs(180), "completions resume", || async {
+            let s = count_succeeded(&wi).await?;
+            (s > base || s >= a.items).then_some(())
+        })
+        .await;
+        let rec = t0.elapsed().as_secs_f64();
+        let key = format!("{fault:?}");
+        let e = recovery.entry(key).or_insert(0.0);
+        *e = e.max(rec);
+        log(format!(
+            "  recovered in {rec:.1} s; {succeeded}/{} succeeded",
+            a.items
+        ));
+        tokio::time::sleep(Duration::from_secs(a.interval)).await;
+    }
+    let _ = creator.await;
+    // Let stragglers finish without faults.
+    let settle = Instant::now()
+        + Duration::from_secs(if succeeded * 100 >= a.items * 95 {
+            30
+        } else {
+            300
+        });
+    while Instant::now() < settle {
+        roles.check().await;
+        if count_succeeded(&wi).await.unwrap_or(0) >= a.items {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    roles.check().await;
+    let elapsed = t_start.elapsed().as_secs_f64();
+
+    // Accounting.
+    let list = wi
+        .list(&ListParams::default().labels("chaos.triad.dev/run=main"))
+        .await?;
+    let mut by_phase: BTreeMap<String, usize> = BTreeMap::new();
+    let mut succeeded = 0;
+    let mut double = Vec::new();
+    let mut attempts_total = 0i64;
+    for i in &list.items {
+        let st = i.status.clone().unwrap_or_default();
+        let ph = st
+            .phase
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "Queued(no status)".into());
+        *by_phase.entry(ph).or_default() += 1;
+        if st.phase == Some(Phase::Succeeded) {
+            succeeded += 1;
+        }
+        attempts_total += st.attempt as i64;
+        let wins = st
+            .attempts
+            .iter()
+            .filter(|r| r.outcome == Some(OutcomeKind::Succeeded))
+            .count();
+        if wins > 1 {
+            double.push(i.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    let lost = a.items - succeeded.min(a.items);
+    let text = std::fs::read_to_string(&worklog).unwrap_or_default();
+    let mut starts: HashMap<String, usize> = HashMap::new();
+    let mut dones: HashMap<String, usize> = HashMap::new();
+    for l in text.lines() {
+        let mut p = l.split_whitespace();
+        let (Some(item), Some(_att), Some(kind)) = (p.next(), p.next(), p.next()) else {
+            continue;
+        };
+        if !item.contains("/c-") {
+            continue;
+        }
+        let m = if kind == "start" {
+            &mut starts
+        } else {
+            &mut dones
+        };
+        *m.entry(item.to_owned()).or_default() += 1;
+    }
+    let dup_exec: usize = starts.values().map(|n| n.saturating_sub(1)).sum();
+    let dup_done: usize = dones.values().map(|n| n.saturating_sub(1)).sum();
+    let never_ran = a.items.saturating_sub(starts.len());
+    let agent_kills = counts.get("agent_pod_deletes").copied().unwrap_or(0)
+        + counts.get("agent_process_kills").copied().unwrap_or(0);
+    let op_restarts = counts.get("operator_role_restarts").copied().unwrap_or(0)
+        + counts.get("operator_whole_restarts").copied().unwrap_or(0);
+    let inv_ok = invalid.iter().filter(|i| i.1).count();
+    let max_rec = recovery.values().cloned().fold(0.0, f64::max);
+    let report = json!({
+        "items": a.items,
+        "succeeded": succeeded,
+        "lost": lost,
+        "double_completed": double.len(),
+        "double_completed_items": double,
+        "duplicate_executions": dup_exec,
+        "duplicate_command_completions": dup_done,
+        "items_never_started_in_log": never_ran,
+        "attempts_total": attempts_total,
+        "phases": by_phase,
+        "agent_kills": agent_kills,
+        "agent_pod_deletes": counts.get("agent_pod_deletes").copied().unwrap_or(0),
+        "agent_process_kills": counts.get("agent_process_kills").copied().unwrap_or(0),
+        "agent_pauses": counts.get("agent_pauses").copied().unwrap_or(0),
+        "operator_restarts": op_restarts,
+        "operator_role_restarts": counts.get("operator_role_restarts").copied().unwrap_or(0),
+        "operator_whole_restarts": counts.get("operator_whole_restarts").copied().unwrap_or(0),
+        "apiserver_restarts": counts.get("apiserver_restarts").copied().unwrap_or(0),
+        "invalid_inputs_tried": invalid.len(),
+        "invalid_inputs_rejected": inv_ok,
+        "invalid_inputs": invalid.iter().map(|(w, ok, m)| json!({"input": w, "rejected_or_surfaced": ok, "message": m})).collect::<Vec<_>>(),
+        "controller_crashes": roles.crashes,
+        "controller_exits": roles.exits,
+        "max_recovery_s": round(max_rec, 1),
+        "recovery_s_by_fault": recovery,
+        "recovery_method": "per fault: from injection until the faulted part is back (pool at full strength / role /readyz / apiserver /readyz) and the Succeeded count has grown",
+        "seconds": round(elapsed, 1),
+        "agents": a.agents,
+        "agents_are": "pods of an AgentPool (leaseSeconds 6) run by the node runner",
+        "operator_is": "three `triad controller --roles <role>` processes",
+    });
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("\nTriad chaos run ({})", path.display());
+    for k in [
+        "items",
+        "succeeded",
+        "lost",
+        "double_completed",
+        "duplicate_executions",
+        "agent_kills",
+        "agent_pauses",
+        "operator_restarts",
+        "apiserver_restarts",
+        "invalid_inputs_tried",
+        "invalid_inputs_rejected",
+        "controller_crashes",
+        "max_recovery_s",
+        "seconds",
+    ] {
+        println!("  {k:<24} {}", report[k]);
+    }
+    for (w, ok, m) in &invalid {
+        println!(
+            "  invalid input {:<34} {} {}",
+            w,
+            if *ok { "ok" } else { "NOT REJECTED" },
+            m.chars().take(110).collect::<String>()
+        );
+    }
+    drop(roles);
+    anyhow::ensure!(
+        lost == 0 && double.is_empty(),
+        "chaos targets missed: lost {lost}, double_completed {}",
+        double.len()
+    );
+    Ok(())
+}
