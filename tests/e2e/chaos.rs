@@ -14,44 +14,16 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue};
-use triad::k8s::RoleContext;
-use triad::k8s::lease::LeaderGate;
 
-use crate::support::{TestNamespace, kubeconfig_path, wait_for};
+use crate::support::{Role, TestNamespace, pods_dir, start_role, wait_for};
 
 const ITEMS: usize = 200;
 const AGENTS: usize = 4;
 const LEASE_SECONDS: u64 = 4;
 
-#[derive(Clone, Copy, Debug)]
-enum Role {
-    Scheduler,
-    Pools,
-    Supervisor,
-}
-
-fn spawn_role(ns: &TestNamespace, role: Role) -> tokio::task::JoinHandle<()> {
-    let ctx = RoleContext {
-        client: ns.client.clone(),
-        leader: LeaderGate::always(),
-        serve: triad::serve::State::new(),
-        namespace: Some(ns.name.clone()),
-    };
-    tokio::spawn(async move {
-        let r = match role {
-            Role::Scheduler => triad::scheduler::run(ctx).await,
-            Role::Pools => triad::pool::run(ctx).await,
-            Role::Supervisor => triad::supervisor::run(ctx).await,
-        };
-        if let Err(e) = r {
-            eprintln!("{role:?} stopped: {e}");
-        }
-    })
-}
-
 /// The node runner's process group ids of this namespace's pods: (pod, pgid).
 fn agent_processes(ns: &str) -> Vec<(String, i32)> {
-    let dir = kubeconfig_path().parent().expect("state dir").join("pods");
+    let dir = pods_dir();
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let fname = e.file_name().to_string_lossy().into_owned();
@@ -110,7 +82,7 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
     let mut roles: Vec<(Role, tokio::task::JoinHandle<()>)> =
         [Role::Scheduler, Role::Pools, Role::Supervisor]
             .into_iter()
-            .map(|r| (r, spawn_role(&ns, r)))
+            .map(|r| (r, start_role(&ns, r).0))
             .collect();
 
     let queue: WorkQueue = serde_json::from_value(json!({"metadata": {"name": "q"}, "spec": {
@@ -225,7 +197,7 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
                         handle.abort();
                         let _ = (&mut *handle).await;
                         tokio::time::sleep(Duration::from_millis(300)).await;
-                        *handle = spawn_role(&ns, *role);
+                        *handle = start_role(&ns, *role).0;
                     }
                 }
             }

@@ -5,51 +5,17 @@
 //! test's namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use triad::api::{AgentPool, Phase, WorkItem, WorkQueue, labels};
-use triad::k8s::RoleContext;
-use triad::k8s::lease::LeaderGate;
 
-use crate::support::{TestNamespace, kubeconfig_path, wait_for};
-
-fn start_roles(ns: &TestNamespace) -> Vec<tokio::task::JoinHandle<()>> {
-    if let Ok(filter) = std::env::var("TRIAD_TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    }
-    let ctx = || RoleContext {
-        client: ns.client.clone(),
-        leader: LeaderGate::always(),
-        serve: triad::serve::State::new(),
-        namespace: Some(ns.name.clone()),
-    };
-    let (a, b, c) = (ctx(), ctx(), ctx());
-    vec![
-        tokio::spawn(async move {
-            if let Err(e) = triad::scheduler::run(a).await {
-                eprintln!("scheduler stopped: {e}");
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = triad::pool::run(b).await {
-                eprintln!("pool controller stopped: {e}");
-            }
-        }),
-        tokio::spawn(async move {
-            if let Err(e) = triad::supervisor::run(c).await {
-                eprintln!("supervisor stopped: {e}");
-            }
-        }),
-    ]
-}
+use crate::support::{
+    Role, TestNamespace, create, kubeconfig_path, pods_dir, scratch_dir, start_role, wait_for,
+};
 
 /// `triad controller` as a child process scoped to the test namespace; killed on drop.
 struct ControllerProcess(std::process::Child);
@@ -80,35 +46,6 @@ impl Drop for ControllerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Where the node runner keeps this cluster's pod directories.
-fn pods_dir() -> PathBuf {
-    kubeconfig_path()
-        .parent()
-        .expect("cluster dir")
-        .join("pods")
-}
-
-fn log_dir(prefix: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-exec-{prefix}-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).expect("log dir");
-    dir
-}
-
-async fn create<K>(ns: &TestNamespace, value: serde_json::Value) -> K
-where
-    K: serde::de::DeserializeOwned
-        + serde::Serialize
-        + Clone
-        + std::fmt::Debug
-        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    let obj: K = serde_json::from_value(value).expect("valid object");
-    ns.api::<K>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create")
 }
 
 fn pool(name: &str, queue: &str, extra: serde_json::Value, script: &str) -> serde_json::Value {
@@ -149,8 +86,8 @@ async fn agent_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_of_three_agents_drains_300_items_each_run_once() {
     let ns = TestNamespace::new("drain").await;
-    let _roles = start_roles(&ns);
-    let dir = log_dir("drain");
+    let _roles = [Role::Scheduler, Role::Pools, Role::Supervisor].map(|r| start_role(&ns, r));
+    let dir = scratch_dir("drain");
     let log = dir.join("runs.log");
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
     let script = format!(
@@ -206,8 +143,8 @@ async fn a_pool_of_three_agents_drains_300_items_each_run_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_item_whose_agent_pod_is_killed_runs_again_elsewhere() {
     let ns = TestNamespace::new("podkill").await;
-    let _roles = start_roles(&ns);
-    let dir = log_dir("podkill");
+    let _roles = [Role::Scheduler, Role::Pools, Role::Supervisor].map(|r| start_role(&ns, r));
+    let dir = scratch_dir("podkill");
     let log = dir.join("runs.log");
     create::<WorkQueue>(
         &ns,
@@ -279,7 +216,7 @@ async fn an_item_whose_agent_pod_is_killed_runs_again_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pool_scales_from_zero_to_max_and_back_without_deleting_busy_agents() {
     let ns = TestNamespace::new("scaling").await;
-    let _roles = start_roles(&ns);
+    let _roles = [Role::Scheduler, Role::Pools, Role::Supervisor].map(|r| start_role(&ns, r));
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
     create::<AgentPool>(
         &ns,

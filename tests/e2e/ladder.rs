@@ -5,50 +5,14 @@
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::PostParams;
 use serde_json::json;
 use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue};
-use triad::k8s::RoleContext;
-use triad::k8s::lease::LeaderGate;
 
 use crate::agent::Agent;
 use crate::scheduler::start_scheduler;
-use crate::support::{TestNamespace, wait_for};
+use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn start_supervisor(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
-    let ctx = RoleContext {
-        client: ns.client.clone(),
-        leader: LeaderGate::always(),
-        serve: triad::serve::State::new(),
-        namespace: Some(ns.name.clone()),
-    };
-    tokio::spawn(async move {
-        let _ = triad::supervisor::run(ctx).await;
-    })
-}
-
-async fn create<K>(ns: &TestNamespace, value: serde_json::Value)
-where
-    K: serde::de::DeserializeOwned
-        + serde::Serialize
-        + Clone
-        + std::fmt::Debug
-        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    let obj: K = serde_json::from_value(value).expect("valid object");
-    ns.api::<K>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create");
-}
-
-fn tempdir(prefix: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-ladder-{prefix}-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
     wait_for(LONG, &format!("{name} to finish"), || async {
@@ -65,7 +29,7 @@ async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
 async fn a_budget_overrun_is_warned_then_cut_and_ends_failed() {
     let ns = TestNamespace::new("cut").await;
     let _sched = start_scheduler(&ns);
-    let _sup = start_supervisor(&ns);
+    let _sup = start_role(&ns, Role::Supervisor).0;
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"supervision": {"onBudgetExceeded": "Cancel", "cancelGraceSeconds": 3}}})).await;
     create::<WorkItem>(
         &ns,
@@ -73,7 +37,7 @@ async fn a_budget_overrun_is_warned_then_cut_and_ends_failed() {
             "payload": {"steps": 30, "stepMillis": 300, "tokensPerStep": 50}}}),
     )
     .await;
-    let dir = tempdir("cut");
+    let dir = scratch_dir("cut");
     // Usage reaches the API every 500 ms and crosses 80–100 % over about 1.2 s.
     let _agent = Agent::start(
         &ns,
@@ -111,7 +75,7 @@ async fn a_budget_overrun_is_warned_then_cut_and_ends_failed() {
 async fn extend_grants_exactly_the_configured_extensions_then_cuts() {
     let ns = TestNamespace::new("extend").await;
     let _sched = start_scheduler(&ns);
-    let _sup = start_supervisor(&ns);
+    let _sup = start_role(&ns, Role::Supervisor).0;
     create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "q"}, "spec": {"supervision": {"onBudgetExceeded": "Extend",
@@ -124,7 +88,7 @@ async fn extend_grants_exactly_the_configured_extensions_then_cuts() {
             "payload": {"steps": 25, "stepMillis": 400, "tokensPerStep": 150}}}),
     )
     .await;
-    let dir = tempdir("extend");
+    let dir = scratch_dir("extend");
     let _agent = Agent::start(&ns, &dir, "spender", &[], &["triad", "simulate"]);
     let items: Api<WorkItem> = ns.api();
     let item = finished(&items, "greedy").await;
@@ -161,14 +125,14 @@ async fn extend_grants_exactly_the_configured_extensions_then_cuts() {
 async fn a_frozen_agent_is_reclaimed_only_after_its_lease_lapses_and_its_writes_are_refused() {
     let ns = TestNamespace::new("freeze").await;
     let _sched = start_scheduler(&ns);
-    let _sup = start_supervisor(&ns);
+    let _sup = start_role(&ns, Role::Supervisor).0;
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff": {"baseSeconds": 1, "maxSeconds": 2}}}})).await;
     create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "slow"}, "spec": {"queue": "q"}}),
     )
     .await;
-    let dir = tempdir("freeze");
+    let dir = scratch_dir("freeze");
     let agent = Agent::start(
         &ns,
         &dir,

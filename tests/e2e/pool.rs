@@ -25,6 +25,19 @@ use crate::support::{TestNamespace, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Reconciles the pool controller has finished (its duration histogram's count).
+fn reconciles(serve: &triad::serve::State) -> f64 {
+    let prefix = format!(
+        "triad_reconcile_duration_seconds_count{{controller=\"{}\"}}",
+        triad::pool::CONTROLLER
+    );
+    serve
+        .encode_metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Starts the pool controller for this namespace; returns its metrics endpoint state.
 fn start_controller(ns: &TestNamespace) -> triad::serve::State {
     let serve = triad::serve::State::new();
@@ -359,7 +372,7 @@ async fn autoscaling_follows_queue_depth_from_zero_to_max_and_back_after_the_del
 #[tokio::test]
 async fn a_busy_agent_is_not_deleted_to_scale_in() {
     let ns = TestNamespace::new("pool-busy").await;
-    start_controller(&ns);
+    let serve = start_controller(&ns);
     create_pool(&ns, "busy", json!({"replicas": 2})).await;
     let pods = wait_pods(&ns, "busy", 2).await;
     let (busy, idle) = (pods[0].name_any(), pods[1].name_any());
@@ -401,8 +414,12 @@ async fn a_busy_agent_is_not_deleted_to_scale_in() {
     let ready = condition(&pool, "Ready").expect("Ready");
     assert!(ready.message.contains("busy"), "{}", ready.message);
 
-    // Through more than one resync period it stays.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Through two more reconciles (resyncs included) it stays.
+    let seen = reconciles(&serve);
+    wait_for(WAIT, "two more reconciles of the pool", || async {
+        (reconciles(&serve) >= seen + 2.0).then_some(())
+    })
+    .await;
     let left = live_pods(&ns, "busy").await;
     assert_eq!(
         left.iter().map(|p| p.name_any()).collect::<Vec<_>>(),

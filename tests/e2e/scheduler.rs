@@ -7,41 +7,14 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue, WorkRequest};
-use triad::k8s::RoleContext;
 use triad::k8s::fence::{AgentIdentity, Fence, claim, complete_ops, fenced_patch, set};
-use triad::k8s::lease::LeaderGate;
 
-use crate::support::{TestNamespace, wait_for};
+use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
 pub fn start_scheduler(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
-    let ctx = RoleContext {
-        client: ns.client.clone(),
-        leader: LeaderGate::always(),
-        serve: triad::serve::State::new(),
-        namespace: Some(ns.name.clone()),
-    };
-    tokio::spawn(async move {
-        let _ = triad::scheduler::run(ctx).await;
-    })
-}
-
-async fn apply<
-    K: serde::de::DeserializeOwned
-        + serde::Serialize
-        + Clone
-        + std::fmt::Debug
-        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
->(
-    ns: &TestNamespace,
-    value: serde_json::Value,
-) -> K {
-    let obj: K = serde_json::from_value(value).expect("valid object");
-    ns.api::<K>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create")
+    start_role(ns, Role::Scheduler).0
 }
 
 fn agent(name: &str) -> AgentIdentity {
@@ -106,12 +79,12 @@ async fn run_attempt(api: &Api<WorkItem>, name: &str, who: &str, succeed: bool) 
 async fn a_request_runs_its_graph_in_dependency_order() {
     let ns = TestNamespace::new("graph").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "work"}, "spec": {"types": ["step"]}}),
     )
     .await;
-    apply::<WorkRequest>(
+    create::<WorkRequest>(
         &ns,
         json!({"metadata": {"name": "rel"}, "spec": {"priority": 700, "tasks": [
             {"name": "a", "type": "step"},
@@ -180,7 +153,7 @@ async fn a_request_runs_its_graph_in_dependency_order() {
 async fn a_cycle_is_refused_with_a_condition_naming_it_and_no_items() {
     let ns = TestNamespace::new("cycle").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkRequest>(
+    create::<WorkRequest>(
         &ns,
         json!({"metadata": {"name": "loop"}, "spec": {"tasks": [
             {"name": "a", "queue": "q", "dependsOn": ["c"]},
@@ -222,12 +195,12 @@ async fn a_cycle_is_refused_with_a_condition_naming_it_and_no_items() {
 async fn failures_back_off_then_dead_letter_and_redrive_brings_the_item_back() {
     let ns = TestNamespace::new("retry").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 3, "backoff": {"baseSeconds": 3, "maxSeconds": 30, "jitterPercent": 0}}}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "flaky"}, "spec": {"queue": "q"}}),
     )
@@ -286,9 +259,9 @@ async fn failures_back_off_then_dead_letter_and_redrive_brings_the_item_back() {
 async fn a_passed_deadline_dead_letters_with_attempts_left() {
     let ns = TestNamespace::new("deadline").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 5, "backoff": {"baseSeconds": 30, "maxSeconds": 60}}}})).await;
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 5, "backoff": {"baseSeconds": 30, "maxSeconds": 60}}}})).await;
     let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4);
-    apply::<WorkItem>(&ns, json!({"metadata": {"name": "late"}, "spec": {"queue": "q", "deadline": deadline.to_string()}})).await;
+    create::<WorkItem>(&ns, json!({"metadata": {"name": "late"}, "spec": {"queue": "q", "deadline": deadline.to_string()}})).await;
     let items: Api<WorkItem> = ns.api();
     run_attempt(&items, "late", "agent-1", false).await;
     wait_phase(&items, "late", Phase::Backoff).await;
@@ -305,74 +278,74 @@ async fn a_passed_deadline_dead_letters_with_attempts_left() {
 async fn waiting_items_say_why() {
     let ns = TestNamespace::new("why").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "a1"}, "spec": {"types": ["dup"]}}),
     )
     .await;
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "a2"}, "spec": {"types": ["dup"]}}),
     )
     .await;
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "narrow"}, "spec": {"maxInFlight": 1}}),
     )
     .await;
-    apply::<triad::api::AgentPool>(
+    create::<triad::api::AgentPool>(
         &ns,
         json!({"metadata": {"name": "narrow-pool"}, "spec": {"queues": [{"name": "narrow"}], "replicas": 0, "template": {}}}),
     )
     .await;
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "typed"}, "spec": {"type": "nobody"}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "ambiguous"}, "spec": {"type": "dup"}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "dep"}, "spec": {"queue": "a1", "dependsOn": ["missing"]}}),
     )
     .await;
-    apply::<WorkItem>(&ns, json!({"metadata": {"name": "future"}, "spec": {"queue": "a1", "notBefore": later.to_string()}})).await;
-    apply::<WorkItem>(
+    create::<WorkItem>(&ns, json!({"metadata": {"name": "future"}, "spec": {"queue": "a1", "notBefore": later.to_string()}})).await;
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "first"}, "spec": {"queue": "narrow"}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "second"}, "spec": {"queue": "narrow"}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "lonely"}, "spec": {"queue": "a1"}}),
     )
     .await;
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "line"}, "spec": {"agingSeconds": 0}}),
     )
     .await;
-    apply::<triad::api::AgentPool>(
+    create::<triad::api::AgentPool>(
         &ns,
         json!({"metadata": {"name": "line-pool"}, "spec": {"queues": [{"name": "line"}], "replicas": 0, "template": {}}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "p-low"}, "spec": {"queue": "line", "priority": 100}}),
     )
     .await;
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "p-high"}, "spec": {"queue": "line", "priority": 900}}),
     )
@@ -423,7 +396,7 @@ async fn waiting_items_say_why() {
     );
 
     // The queue appears: the typed item moves on by itself.
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "late-queue"}, "spec": {"types": ["nobody"]}}),
     )
@@ -435,13 +408,13 @@ async fn waiting_items_say_why() {
 async fn restarting_the_scheduler_loses_and_duplicates_nothing() {
     let ns = TestNamespace::new("restart").await;
     let first = start_scheduler(&ns);
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "q"}, "spec": {"types": ["t"]}}),
     )
     .await;
     let tasks: Vec<_> = (0..10).map(|i| json!({"name": format!("t{i}"), "type": "t", "dependsOn": if i == 0 { json!([]) } else { json!(["t0"]) }})).collect();
-    apply::<WorkRequest>(
+    create::<WorkRequest>(
         &ns,
         json!({"metadata": {"name": "big"}, "spec": {"tasks": tasks}}),
     )
@@ -487,12 +460,12 @@ fn triad_cli(ns: &TestNamespace, args: &[&str]) -> std::process::Output {
 async fn the_cli_redrives_cancels_and_draws_the_request_tree() {
     let ns = TestNamespace::new("cli").await;
     let _s = start_scheduler(&ns);
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "q"}, "spec": {"retry": {"maxAttempts": 1}}}),
     )
     .await;
-    apply::<WorkRequest>(
+    create::<WorkRequest>(
         &ns,
         json!({"metadata": {"name": "job"}, "spec": {"tasks": [
             {"name": "first", "queue": "q"},
@@ -561,21 +534,21 @@ async fn claims_follow_priority_and_aging_lets_low_priority_work_through() {
     let ns = TestNamespace::new("aging").await;
     let _s = start_scheduler(&ns);
     // One point of priority per second waited.
-    apply::<WorkQueue>(
+    create::<WorkQueue>(
         &ns,
         json!({"metadata": {"name": "q"}, "spec": {"agingSeconds": 1}}),
     )
     .await;
     let items: Api<WorkItem> = ns.api();
-    apply::<WorkItem>(
+    create::<WorkItem>(
         &ns,
         json!({"metadata": {"name": "low"}, "spec": {"queue": "q", "priority": 0}}),
     )
     .await;
     for i in 0..3 {
-        apply::<WorkItem>(&ns, json!({"metadata": {"name": format!("high-{i}")}, "spec": {"queue": "q", "priority": 4}})).await;
+        create::<WorkItem>(&ns, json!({"metadata": {"name": format!("high-{i}")}, "spec": {"queue": "q", "priority": 4}})).await;
     }
-    let dir = tempdir();
+    let dir = scratch_dir("aging");
     // A single agent that always takes the head (top-k 1) and needs 1 s per item.
     let _agent = crate::agent::Agent::start(
         &ns,
@@ -622,10 +595,4 @@ async fn claims_follow_priority_and_aging_lets_low_priority_work_through() {
         "low finished while higher-priority work was still waiting (aging), not after the stream dried up"
     );
     arrivals.abort();
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-e2e-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

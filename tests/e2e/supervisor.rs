@@ -10,36 +10,14 @@ use kube::api::PostParams;
 use serde_json::json;
 use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue, find_condition};
 use triad::core::supervision::{StopEnd, conditions, requested_stop};
-use triad::k8s::RoleContext;
 use triad::k8s::fence::{AgentIdentity, Fence, FenceError, claim, complete_ops, fenced_patch, set};
-use triad::k8s::lease::{AgentLease, LeaderGate};
+use triad::k8s::lease::AgentLease;
 
 use crate::scheduler::start_scheduler;
-use crate::support::{TestNamespace, wait_for};
+use crate::support::{Role, TestNamespace, create, metric_value, start_role, wait_for};
 
 const LONG: Duration = Duration::from_secs(40);
 const LEASE: Duration = Duration::from_secs(3);
-
-fn start_supervisor(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
-    start_supervisor_with_metrics(ns).0
-}
-
-/// The supervisor and the metrics registry it reports into.
-fn start_supervisor_with_metrics(
-    ns: &TestNamespace,
-) -> (tokio::task::JoinHandle<()>, triad::serve::State) {
-    let serve = triad::serve::State::new();
-    let ctx = RoleContext {
-        client: ns.client.clone(),
-        leader: LeaderGate::always(),
-        serve: serve.clone(),
-        namespace: Some(ns.name.clone()),
-    };
-    let task = tokio::spawn(async move {
-        let _ = triad::supervisor::run(ctx).await;
-    });
-    (task, serve)
-}
 
 /// Events in the namespace about the object named `name` (of `kind`) with `reason`.
 async fn events_about(
@@ -63,26 +41,13 @@ async fn events_about(
         .collect()
 }
 
-async fn create<K>(ns: &TestNamespace, value: serde_json::Value) -> K
-where
-    K: serde::de::DeserializeOwned
-        + serde::Serialize
-        + Clone
-        + std::fmt::Debug
-        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    let obj: K = serde_json::from_value(value).expect("valid object");
-    ns.api::<K>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create")
-}
-
-/// Renews `lease` every second until the returned task is aborted.
+/// Heartbeats `lease` every second, as a healthy agent does, until the returned task is
+/// aborted.
 fn keep_renewing(lease: AgentLease) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            beat.tick().await;
             let _ = lease.renew().await;
         }
     })
@@ -122,7 +87,7 @@ fn condition_true<'a>(
 #[tokio::test]
 async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     let ns = TestNamespace::new("sup-lease").await;
-    let _sup = start_supervisor(&ns);
+    let _sup = start_role(&ns, Role::Supervisor).0;
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
     create::<WorkItem>(
@@ -228,7 +193,7 @@ async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
 #[tokio::test]
 async fn no_progress_for_stall_seconds_marks_stalled_and_requests_a_restart() {
     let ns = TestNamespace::new("sup-stall").await;
-    let _sup = start_supervisor(&ns);
+    let _sup = start_role(&ns, Role::Supervisor).0;
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(
         &ns,
@@ -310,7 +275,7 @@ async fn no_progress_for_stall_seconds_marks_stalled_and_requests_a_restart() {
 #[tokio::test]
 async fn usage_over_budget_warns_then_cuts() {
     let ns = TestNamespace::new("sup-budget").await;
-    let _sup = start_supervisor(&ns);
+    let _sup = start_role(&ns, Role::Supervisor).0;
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(
         &ns,
@@ -376,14 +341,16 @@ async fn usage_over_budget_warns_then_cuts() {
 #[tokio::test]
 async fn restarting_the_supervisor_causes_no_false_reclaim() {
     let ns = TestNamespace::new("sup-restart").await;
-    let sup = start_supervisor(&ns);
+    let (sup, serve) = start_role(&ns, Role::Supervisor);
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
-    create::<WorkItem>(
-        &ns,
-        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-    )
-    .await;
+    for name in ["w", "dead"] {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": name}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
     let items: Api<WorkItem> = ns.api();
     let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-r", None, LEASE)
         .await
@@ -392,13 +359,29 @@ async fn restarting_the_supervisor_causes_no_false_reclaim() {
     let _renew = keep_renewing(lease);
     let claimed = claim_as(&items, "w", "agent-r", &lease_name, None).await;
     let fence = Fence::of(&claimed).expect("claimed");
+    // A control: an agent that never renews. Its reclaim by the restarted supervisor
+    // proves that supervisor is judging leases again, so the healthy item's survival
+    // below means something.
+    let dead_lease = AgentLease::acquire(ns.api::<Lease>(), "agent-d", None, LEASE)
+        .await
+        .expect("lease");
+    let dead = claim_as(&items, "dead", "agent-d", &dead_lease.name, None).await;
 
-    tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
+    wait_for(LONG, "the first supervisor watching both items", || async {
+        (metric_value(&serve, "triad_supervised_items") == Some(2.0)).then_some(())
+    })
+    .await;
     sup.abort();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _sup2 = start_supervisor(&ns);
-    // Well past the lease duration and the restart wait.
-    tokio::time::sleep(LEASE * 3).await;
+    let _sup2 = start_role(&ns, Role::Supervisor).0;
+    wait_for(
+        LONG,
+        "the restarted supervisor to reclaim the dead agent's item",
+        || async {
+            let i = items.get("dead").await.ok()?;
+            (i.epoch() > dead.epoch()).then_some(())
+        },
+    )
+    .await;
     let item = items.get("w").await.expect("item");
     assert_eq!(item.epoch(), fence.epoch, "no reclaim of a healthy agent");
     assert_eq!(item.phase(), Some(Phase::Running));
@@ -423,7 +406,7 @@ async fn restarting_the_supervisor_causes_no_false_reclaim() {
 #[tokio::test]
 async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_queue() {
     let ns = TestNamespace::new("sup-violation").await;
-    let (_sup, metrics) = start_supervisor_with_metrics(&ns);
+    let (_sup, metrics) = start_role(&ns, Role::Supervisor);
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(
         &ns,
@@ -572,7 +555,7 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
 #[tokio::test]
 async fn an_attempt_past_its_timeout_is_stopped_as_a_violation() {
     let ns = TestNamespace::new("sup-timeout").await;
-    let (_sup, metrics) = start_supervisor_with_metrics(&ns);
+    let (_sup, metrics) = start_role(&ns, Role::Supervisor);
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(
         &ns,
@@ -615,7 +598,7 @@ async fn an_attempt_past_its_timeout_is_stopped_as_a_violation() {
 #[tokio::test]
 async fn an_unhealthy_agent_pod_loses_only_its_own_items() {
     let ns = TestNamespace::new("sup-pods").await;
-    let (_sup, metrics) = start_supervisor_with_metrics(&ns);
+    let (_sup, metrics) = start_role(&ns, Role::Supervisor);
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
     for name in ["mine", "other"] {

@@ -165,3 +165,77 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Creates a namespaced object in the test's namespace from JSON.
+pub async fn create<K>(ns: &TestNamespace, value: serde_json::Value) -> K
+where
+    K: serde::de::DeserializeOwned
+        + serde::Serialize
+        + Clone
+        + std::fmt::Debug
+        + kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    let obj: K = serde_json::from_value(value).expect("valid object");
+    ns.api::<K>()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+/// One of the operator's roles, run in the test process and scoped to the test's
+/// namespace.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    Scheduler,
+    Pools,
+    Supervisor,
+}
+
+/// Starts `role`; returns its task and the metrics registry it reports into.
+pub fn start_role(
+    ns: &TestNamespace,
+    role: Role,
+) -> (tokio::task::JoinHandle<()>, triad::serve::State) {
+    let serve = triad::serve::State::new();
+    let ctx = triad::k8s::RoleContext {
+        client: ns.client.clone(),
+        leader: triad::k8s::lease::LeaderGate::always(),
+        serve: serve.clone(),
+        namespace: Some(ns.name.clone()),
+    };
+    let task = tokio::spawn(async move {
+        let result = match role {
+            Role::Scheduler => triad::scheduler::run(ctx).await,
+            Role::Pools => triad::pool::run(ctx).await,
+            Role::Supervisor => triad::supervisor::run(ctx).await,
+        };
+        if let Err(e) = result {
+            eprintln!("{role:?} stopped: {e}");
+        }
+    });
+    (task, serve)
+}
+
+/// The value of an unlabelled sample (`name value`) in a registry's exposition.
+pub fn metric_value(serve: &triad::serve::State, name: &str) -> Option<f64> {
+    serve.encode_metrics().lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// A fresh scratch directory for logs the test's work commands write.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("triad-e2e-{prefix}-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Where the test cluster's node runner keeps its pod directories
+/// (`<ns>_<pod>_<uid>/`, with the pod's process group id in `pid`).
+pub fn pods_dir() -> PathBuf {
+    kubeconfig_path()
+        .parent()
+        .expect("cluster state dir")
+        .join("pods")
+}
