@@ -50,8 +50,8 @@ demo: build ## local cluster + CRDs + samples, then show them (KEEP=1 leaves the
 
 .PHONY: bench
 bench: ## release build; benchmark on a dedicated cluster (etcd fsync on); writes target/bench/report.json
-	@bash $(HACK)/bench.sh
+	@bash $(HACK)/harness.sh bench
 
 .PHONY: chaos
 chaos: ## release build; faults while 2 000 items run; writes target/chaos/report.json
-	@bash $(HACK)/chaos.sh
+	@bash $(HACK)/harness.sh chaos

@@ -1,5 +1,5 @@
 //! Benchmark and chaos harness for Triad: `make bench` and `make chaos` run it against a
-//! dedicated local cluster (hack/bench.sh, hack/chaos.sh).
+//! dedicated local cluster (hack/harness.sh bench, hack/harness.sh chaos).
 
 mod bench;
 mod chaos;
