@@ -7,7 +7,7 @@ use super::report::ReportState;
 use super::work::Exit;
 use super::writer::Ending;
 use crate::api::{OutcomeKind, WorkItem, find_condition};
-use crate::core::supervision::{attempt_started_at, conditions, requested_stop};
+use crate::core::supervision::{StopRequest, conditions, of_current_attempt};
 
 /// The outcome of an attempt whose command exited on its own, and the result to write.
 ///
@@ -80,22 +80,16 @@ pub fn stop_requested(view: &WorkItem) -> Option<Ending> {
             "spec.cancel is set",
         ));
     }
-    if let Some(stop) = requested_stop(view) {
-        let (kind, reason) = stop.outcome();
-        let message = find_condition(
-            &view.status.as_ref()?.conditions,
-            conditions::CANCEL_REQUESTED,
-        )
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
-        return Some(Ending::new(kind, &reason, message));
-    }
     let status = view.status.as_ref()?;
     let c = find_condition(&status.conditions, conditions::CANCEL_REQUESTED)
         .filter(|c| c.status == "True")?;
     // One left over from an earlier attempt does not stop this one.
-    if attempt_started_at(view).is_some_and(|s| c.last_transition_time.0 < s) {
+    if !of_current_attempt(view, &c.message, c.last_transition_time.0) {
         return None;
+    }
+    if let Some(stop) = StopRequest::parse(&c.reason, &c.message) {
+        let (kind, reason) = stop.outcome();
+        return Some(Ending::new(kind, &reason, c.message.clone()));
     }
     let reason = if c.reason.is_empty() {
         conditions::CANCEL_REQUESTED
