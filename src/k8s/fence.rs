@@ -219,6 +219,18 @@ pub fn complete_ops(
     ops
 }
 
+/// The item's claim after a fence-out: the same holder on record, the epoch one higher,
+/// so every write made under the old epoch fails its `test`.
+pub fn fenced_out_claim(item: &WorkItem) -> Claim {
+    let mut claim = item
+        .status
+        .as_ref()
+        .and_then(|s| s.claim.clone())
+        .unwrap_or_default();
+    claim.epoch += 1;
+    claim
+}
+
 /// A fence-out by the supervisor: raises the epoch (so every write of the old holder is
 /// refused from now on) and records why, at the resourceVersion it observed.
 pub async fn fence_out(
@@ -232,12 +244,7 @@ pub async fn fence_out(
         .resource_version
         .as_deref()
         .ok_or(ClaimError::Conflict)?;
-    let mut claim = item
-        .status
-        .as_ref()
-        .and_then(|s| s.claim.clone())
-        .unwrap_or_default();
-    claim.epoch += 1;
+    let claim = fenced_out_claim(item);
     let outcome = Outcome {
         epoch: claim.epoch,
         ..outcome

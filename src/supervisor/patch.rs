@@ -97,8 +97,7 @@ pub fn plan(item: &WorkItem, steps: &[Step], clear: &[&str], now: Timestamp) -> 
                 true,
             ),
             Action::FenceOut { outcome, reason } => {
-                let mut claim = status.claim.clone().unwrap_or_default();
-                claim.epoch += 1;
+                let claim = crate::k8s::fence::fenced_out_claim(item);
                 let out = Outcome {
                     kind: *outcome,
                     reason: Some(reason.clone()),
