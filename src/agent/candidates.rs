@@ -1,17 +1,22 @@
-//! The candidate set: a slim cache of the items on the agent's queues, fed by field-
-//! selected watches, and the choice of what to try to claim next.
+//! The candidate set: a compact cache of the items on the agent's queues, fed by
+//! field-selected watches, and the choice of what to try to claim next.
 //!
 //! Per queue there are two watches, `spec.queue=<q>` and `status.queue=<q>` (the
 //! scheduler's routing writes `status.queue`, which overrides `spec.queue`), never a
 //! watch of the whole namespace. Each watch keeps its own store so a relist replaces
 //! exactly what that watch saw; readers merge the stores by name, newest
-//! resourceVersion first. Items are kept slim (no payload, result, history…), so the
-//! cache's memory does not grow with payloads: the full item arrives only in the
-//! claim's response.
+//! resourceVersion first.
+//!
+//! The agent keeps only what a claim needs: for an item that may be claimable, a
+//! [`Waiting`] record of a few dozen bytes (its claim window, priority, times, epoch);
+//! for a Running item, who holds it (that agent is busy); nothing for finished or
+//! pending items. Only the item this agent holds is kept whole (slimmed), for the
+//! fence and cancel checks. So a queue of 50 000 items costs a few MB, and the full
+//! item arrives only in the claim's response.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -22,8 +27,8 @@ use rand::Rng;
 use tokio::sync::Notify;
 
 use super::config::QueueWeight;
-use crate::api::{Phase, WorkItem, WorkQueue};
-use crate::core::{ordering, phase};
+use crate::api::{Claim, Phase, WorkItem, WorkItemSpec, WorkItemStatus, WorkQueue};
+use crate::core::{ordering, phase, ts};
 
 /// What the agent needs to know about one of its WorkQueues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +53,15 @@ const DEFAULT_QUEUE: QueueInfo = QueueInfo {
     aging_seconds: 1,
 };
 
-/// Longest condition message kept in the cache; only types and reasons matter here.
+/// Longest condition message kept in the held item's view; only types, reasons and
+/// the attempt tag matter there.
 const MAX_CONDITION_MESSAGE: usize = 256;
 
-/// Strips everything the candidate choice and the held-item checks do not read.
+/// An agent seen holding a claim within this long counts as a peer competing for the
+/// same items (see [`ordering::standing`]); one not seen for longer is presumed gone.
+const PEER_TTL: Duration = Duration::from_secs(60);
+
+/// Strips everything the fence and cancel checks of a held item do not read.
 pub fn slim(mut item: WorkItem) -> WorkItem {
     let meta = &mut item.metadata;
     meta.managed_fields = None;
@@ -84,67 +94,191 @@ pub fn slim(mut item: WorkItem) -> WorkItem {
     item
 }
 
-/// Whether `item` may be claimed from `queue` now.
-///
-/// On a queue with `maxInFlight` an item without status is not claimable: the
-/// scheduler admits such items (phase Queued) only while the queue has room, so agents
-/// never need to count what runs. Otherwise the core rule applies (fast path, or
-/// Queued with retryAt and notBefore passed; never when cancelled).
-pub fn claimable(item: &WorkItem, queue: &str, info: Option<&QueueInfo>, now: Timestamp) -> bool {
-    if item.effective_queue() != Some(queue) {
-        return false;
+/// An item that may be claimable, as much of it as choosing and claiming need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    pub resource_version: Box<str>,
+    /// Index of its queue in the agent's queue list.
+    queue: usize,
+    /// Fast path without status: on a queue with maxInFlight the scheduler must admit
+    /// it first.
+    unadmitted: bool,
+    priority: i32,
+    created: Timestamp,
+    queued_since: Timestamp,
+    window: phase::ClaimWindow,
+    pub epoch: i64,
+    pub attempt: i32,
+    /// When this agent first saw it claimable: claim latency, and the start of the
+    /// time it leaves the item to the agents that prefer it more.
+    pub seen: Instant,
+}
+
+/// What the cache keeps per item.
+#[derive(Clone, Debug, PartialEq)]
+enum Entry {
+    Waiting(Waiting),
+    /// Claimed and running: only the holder matters (it is busy).
+    Running {
+        resource_version: Box<str>,
+        agent: Arc<str>,
+    },
+}
+
+impl Entry {
+    fn resource_version(&self) -> &str {
+        match self {
+            Entry::Waiting(w) => &w.resource_version,
+            Entry::Running {
+                resource_version, ..
+            } => resource_version,
+        }
     }
-    let info = info.copied().unwrap_or(DEFAULT_QUEUE);
-    if info.max_in_flight.is_some() && item.phase().is_none() {
-        return false;
+}
+
+/// The cache entry for `item` as seen by an agent serving `queues`, or None when the
+/// agent has no use for it (not on its queues, not claimable in its state, finished).
+fn entry_of(item: &WorkItem, queues: &[QueueWeight], seen: Instant) -> Option<Entry> {
+    let resource_version: Box<str> = item.metadata.resource_version.as_deref()?.into();
+    let queue = item.effective_queue()?;
+    let qi = queues.iter().position(|q| q.name == queue)?;
+    let status = item.status.as_ref();
+    if item.phase() == Some(Phase::Running) {
+        let agent = status.and_then(|s| s.claim.as_ref())?.agent.as_str();
+        return Some(Entry::Running {
+            resource_version,
+            agent: agent.into(),
+        });
     }
-    phase::is_claimable(item, now)
+    let window = phase::claim_window(item)?;
+    let created = ts(item.metadata.creation_timestamp.as_ref()).unwrap_or(Timestamp::UNIX_EPOCH);
+    Some(Entry::Waiting(Waiting {
+        resource_version,
+        queue: qi,
+        unadmitted: item.phase().is_none(),
+        priority: item.effective_priority(),
+        created,
+        queued_since: ordering::queued_since(item).unwrap_or(created),
+        window,
+        epoch: item.epoch(),
+        attempt: status.map_or(0, |s| s.attempt),
+        seen,
+    }))
+}
+
+/// Whether a waiting item may be claimed from its queue now. On a queue with
+/// `maxInFlight` an item without status is not claimable: the scheduler admits such
+/// items (phase Queued) only while the queue has room, so agents never need to count
+/// what runs.
+fn claimable_now(w: &Waiting, info: &QueueInfo, now: Timestamp) -> bool {
+    !(info.max_in_flight.is_some() && w.unadmitted) && w.window.contains(now)
 }
 
 /// resourceVersions are opaque, but the API server's are etcd revisions: compare them
 /// as numbers when they are, else treat the later-seen one as newer.
-pub fn is_newer(candidate: &WorkItem, than: &WorkItem) -> bool {
-    let rv = |i: &WorkItem| {
-        i.metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    match (rv(candidate), rv(than)) {
+pub fn newer_version(candidate: Option<&str>, than: Option<&str>) -> bool {
+    let num = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
+    match (num(candidate), num(than)) {
         (Some(a), Some(b)) => a > b,
-        _ => candidate.metadata.resource_version != than.metadata.resource_version,
+        _ => candidate != than,
     }
+}
+
+pub fn is_newer(candidate: &WorkItem, than: &WorkItem) -> bool {
+    newer_version(
+        candidate.metadata.resource_version.as_deref(),
+        than.metadata.resource_version.as_deref(),
+    )
 }
 
 #[derive(Default)]
 struct Store {
-    items: HashMap<String, WorkItem>,
+    items: HashMap<Box<str>, Entry>,
     /// Objects of a relist in progress; swapped in at InitDone.
-    relist: Option<HashMap<String, WorkItem>>,
+    relist: Option<HashMap<Box<str>, Entry>>,
     synced: bool,
 }
 
+impl Store {
+    /// When the item was first seen claimable, if this store already has it waiting.
+    fn seen(&self, name: &str) -> Option<Instant> {
+        let from = |m: &HashMap<Box<str>, Entry>| match m.get(name) {
+            Some(Entry::Waiting(w)) => Some(w.seen),
+            _ => None,
+        };
+        from(&self.items).or_else(|| self.relist.as_ref().and_then(from))
+    }
+}
+
 /// The watch-fed state the run loop reads.
-#[derive(Default)]
 pub struct Cache {
+    /// This agent's name: its own claims make it busy, never a peer.
+    me: Arc<str>,
+    queues_served: Vec<QueueWeight>,
     stores: Vec<Store>,
     queues: HashMap<String, QueueInfo>,
     queues_synced: bool,
-    /// When this agent first saw each claimable item claimable (claim latency).
-    first_seen: HashMap<String, Instant>,
+    /// Agents seen holding a claim on these queues, and when last seen so.
+    peers: HashMap<Arc<str>, Instant>,
+    /// The item this agent is claiming or holds, and its freshest slim view.
+    held: Option<(String, Option<WorkItem>)>,
+}
+
+/// Something to claim: name, the version the claim is conditional on, and what the
+/// claim's status patch builds on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub waiting: Waiting,
+}
+
+impl Target {
+    /// The minimal item `k8s::fence::claim` needs: name, resourceVersion, attempt and
+    /// epoch.
+    pub fn as_item(&self) -> WorkItem {
+        let mut item = WorkItem::new(&self.name, WorkItemSpec::default());
+        item.metadata.resource_version = Some(self.waiting.resource_version.to_string());
+        item.status = Some(WorkItemStatus {
+            attempt: self.waiting.attempt,
+            claim: (self.waiting.epoch > 0).then(|| Claim {
+                epoch: self.waiting.epoch,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        item
+    }
 }
 
 /// One pick: the queue and the candidates to try, in order.
+#[derive(Debug)]
 pub struct Pick {
     pub queue: String,
-    pub order: Vec<WorkItem>,
+    pub order: Vec<Target>,
+}
+
+/// What the run loop should do next.
+#[derive(Debug)]
+pub enum Choice {
+    Claim(Pick),
+    /// Claimable items exist, but agents that prefer them more get them first; look
+    /// again then (or on the next watch event).
+    WaitUntil(Instant),
+    Nothing,
 }
 
 impl Cache {
-    pub fn new(streams: usize) -> Self {
+    pub fn new(me: &str, queues: &[QueueWeight]) -> Self {
         Cache {
-            stores: (0..streams).map(|_| Store::default()).collect(),
-            ..Default::default()
+            me: me.into(),
+            queues_served: queues.to_vec(),
+            stores: (0..item_streams(queues))
+                .map(|_| Store::default())
+                .collect(),
+            queues: HashMap::new(),
+            queues_synced: false,
+            peers: HashMap::new(),
+            held: None,
         }
     }
 
@@ -152,70 +286,116 @@ impl Cache {
         self.queues_synced && self.stores.iter().all(|s| s.synced)
     }
 
-    /// The freshest copy of one item across the watches.
-    pub fn get(&self, name: &str) -> Option<&WorkItem> {
-        let mut best: Option<&WorkItem> = None;
-        for item in self.stores.iter().filter_map(|s| s.items.get(name)) {
-            if best.is_none_or(|b| is_newer(item, b)) {
-                best = Some(item);
-            }
-        }
-        best
+    /// Keep the whole (slim) view of `name` from now on: the item being claimed.
+    pub fn hold(&mut self, name: &str) {
+        self.held = Some((name.to_owned(), None));
     }
 
-    fn merged(&self) -> HashMap<&str, &WorkItem> {
-        let mut all: HashMap<&str, &WorkItem> = HashMap::new();
-        for (name, item) in self.stores.iter().flat_map(|s| s.items.iter()) {
-            match all.get(name.as_str()) {
-                Some(existing) if !is_newer(item, existing) => {}
+    pub fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// The freshest view of the held item seen in the watches since [`Cache::hold`].
+    pub fn get(&self, name: &str) -> Option<&WorkItem> {
+        match &self.held {
+            Some((held, view)) if held == name => view.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn merged(&self) -> HashMap<&str, &Entry> {
+        let mut all: HashMap<&str, &Entry> = HashMap::new();
+        for (name, entry) in self.stores.iter().flat_map(|s| s.items.iter()) {
+            match all.get(&**name) {
+                Some(existing)
+                    if !newer_version(
+                        Some(entry.resource_version()),
+                        Some(existing.resource_version()),
+                    ) => {}
                 _ => {
-                    all.insert(name, item);
+                    all.insert(name, entry);
                 }
             }
         }
         all
     }
 
+    fn observe(&mut self, item: &WorkItem) {
+        let Some(name) = item.metadata.name.as_deref() else {
+            return;
+        };
+        if item.phase() == Some(Phase::Running)
+            && let Some(claim) = item.status.as_ref().and_then(|s| s.claim.as_ref())
+            && *claim.agent != *self.me
+        {
+            let agent: Arc<str> = claim.agent.as_str().into();
+            self.peers.insert(agent, Instant::now());
+        }
+        if let Some((held, view)) = self.held.as_mut()
+            && held == name
+            && view.as_ref().is_none_or(|v| is_newer(item, v))
+        {
+            *view = Some(slim(item.clone()));
+        }
+    }
+
     fn apply_item(&mut self, stream: usize, event: Event<WorkItem>) {
+        if let Event::Apply(item) | Event::InitApply(item) = &event {
+            self.observe(item);
+        }
+        let queues = &self.queues_served;
         let Some(store) = self.stores.get_mut(stream) else {
             return;
         };
-        match event {
-            Event::Apply(item) => {
-                if let Some(name) = item.metadata.name.clone() {
-                    store.items.insert(name, slim(item));
-                }
-            }
+        let (item, relisted) = match event {
+            Event::Apply(item) => (item, false),
+            Event::InitApply(item) => (item, true),
             Event::Delete(item) => {
                 if let Some(name) = item.metadata.name.as_deref() {
                     store.items.remove(name);
                 }
+                return;
             }
-            Event::Init => store.relist = Some(HashMap::new()),
-            Event::InitApply(item) => {
-                if let (Some(relist), Some(name)) =
-                    (store.relist.as_mut(), item.metadata.name.clone())
-                {
-                    relist.insert(name, slim(item));
-                }
+            Event::Init => {
+                store.relist = Some(HashMap::new());
+                return;
             }
             Event::InitDone => {
                 if let Some(relist) = store.relist.take() {
                     store.items = relist;
                 }
                 store.synced = true;
+                return;
+            }
+        };
+        let Some(name) = item.metadata.name.as_deref() else {
+            return;
+        };
+        let seen = store.seen(name).unwrap_or_else(Instant::now);
+        let entry = entry_of(&item, queues, seen);
+        let map = match store.relist.as_mut() {
+            Some(relist) if relisted => relist,
+            _ => &mut store.items,
+        };
+        match entry {
+            Some(e) => {
+                map.insert(name.into(), e);
+            }
+            None => {
+                map.remove(name);
             }
         }
     }
 
-    fn apply_queue(&mut self, wanted: &[QueueWeight], event: Event<WorkQueue>) {
+    fn apply_queue(&mut self, event: Event<WorkQueue>) {
         fn name_if_wanted<'a>(q: &'a WorkQueue, wanted: &[QueueWeight]) -> Option<&'a str> {
             q.metadata
                 .name
                 .as_deref()
                 .filter(|n| wanted.iter().any(|w| w.name == *n))
         }
-        let wanted = |q| name_if_wanted(q, wanted);
+        let wanted = self.queues_served.clone();
+        let wanted = |q| name_if_wanted(q, &wanted);
         match event {
             Event::Apply(q) | Event::InitApply(q) => {
                 if let Some(name) = wanted(&q) {
@@ -234,95 +414,125 @@ impl Cache {
         }
     }
 
-    /// Chooses a queue by weight among those with claimable items, then orders that
-    /// queue's best `top_k` candidates randomly, so agents spread over the head of the
-    /// queue instead of racing for one item. Items in `skip` at the resourceVersion
-    /// recorded there (a lost race, our own last claim) are left out until they change.
-    pub fn pick(
-        &mut self,
-        queues: &[QueueWeight],
-        skip: &HashMap<String, String>,
-        top_k: usize,
-        now: Timestamp,
-        seen_at: Instant,
-        rng: &mut impl Rng,
-    ) -> Option<Pick> {
-        let merged = self.merged();
-        let mut per_queue: Vec<Vec<&WorkItem>> = vec![Vec::new(); queues.len()];
-        let mut first_seen = HashMap::new();
-        for (name, item) in merged {
-            let Some(qi) = queues
-                .iter()
-                .position(|q| item.effective_queue() == Some(q.name.as_str()))
-            else {
-                continue;
-            };
-            let queue = &queues[qi].name;
-            if !claimable(item, queue, self.queues.get(queue), now) {
-                continue;
-            }
-            let seen = self.first_seen.get(name).copied().unwrap_or(seen_at);
-            first_seen.insert(name.to_owned(), seen);
-            if skip.get(name).map(String::as_str) == item.metadata.resource_version.as_deref() {
-                continue;
-            }
-            per_queue[qi].push(item);
-        }
-        let weighted: Vec<ordering::WeightedQueue> = queues
+    /// The agents believed idle: peers seen holding claims lately that hold none now,
+    /// and this agent. Busy peers count as alive.
+    fn idle_peers(&mut self, now: Instant) -> Vec<Arc<str>> {
+        let busy: HashSet<Arc<str>> = self
+            .stores
             .iter()
-            .zip(&per_queue)
-            .map(|(q, items)| ordering::WeightedQueue {
-                weight: q.weight,
-                has_work: !items.is_empty(),
+            .flat_map(|s| s.items.values())
+            .filter_map(|e| match e {
+                Entry::Running { agent, .. } => Some(agent.clone()),
+                Entry::Waiting(_) => None,
             })
             .collect();
-        let pick = ordering::weighted_queue_pick(&weighted, rng).map(|qi| {
-            let items = &per_queue[qi];
-            let queue = &queues[qi].name;
-            let aging = self
-                .queues
-                .get(queue)
-                .copied()
-                .unwrap_or(DEFAULT_QUEUE)
-                .aging_seconds;
-            let candidates: Vec<ordering::Candidate<'_>> =
-                items.iter().map(|i| ordering::Candidate::of(i)).collect();
-            let order = ordering::claim_order(&candidates, top_k, aging, now, rng);
-            Pick {
-                queue: queue.clone(),
-                order: order.into_iter().map(|i| items[i].clone()).collect(),
+        for (agent, last) in self.peers.iter_mut() {
+            if busy.contains(agent) {
+                *last = now;
             }
-        });
-        self.first_seen = first_seen;
-        pick
+        }
+        self.peers
+            .retain(|_, last| now.saturating_duration_since(*last) < PEER_TTL);
+        let mut idle: Vec<Arc<str>> = self
+            .peers
+            .keys()
+            .filter(|a| !busy.contains(*a))
+            .cloned()
+            .collect();
+        idle.push(self.me.clone());
+        idle
     }
 
-    /// When the item was first seen claimable (for the claim-latency histogram).
-    pub fn first_seen(&self, name: &str) -> Option<Instant> {
-        self.first_seen.get(name).copied()
+    /// How many agents compete for this agent's queues, itself included.
+    #[cfg(test)]
+    fn peer_count(&self) -> usize {
+        self.peers.len() + 1
     }
 
-    /// Records "first seen claimable" at event time, so the latency includes the time
-    /// the agent was busy with another item.
-    fn note_claimable(
+    /// Chooses a queue by weight among those with items this agent may claim now,
+    /// then that queue's best candidates in this agent's order
+    /// ([`ordering::agent_order`], a window of about two per peer). An item this agent
+    /// does not own among the idle agents ([`ordering::standing`]) is tried only after
+    /// its defer has passed since it was first seen. Items in `skip` at the
+    /// resourceVersion recorded there (a lost race, our own last claim) are left out
+    /// until they change.
+    pub fn pick(
         &mut self,
-        queues: &[QueueWeight],
-        stream: usize,
-        name: &str,
+        skip: &HashMap<String, String>,
+        floor_k: usize,
         now: Timestamp,
-    ) {
-        let Some(item) = self.stores.get(stream).and_then(|s| s.items.get(name)) else {
-            return;
-        };
-        let Some(queue) = item.effective_queue() else {
-            return;
-        };
-        if queues.iter().any(|q| q.name == queue)
-            && claimable(item, queue, self.queues.get(queue), now)
-        {
-            self.first_seen
-                .entry(name.to_owned())
-                .or_insert_with(Instant::now);
+        at: Instant,
+        rng: &mut impl Rng,
+    ) -> Choice {
+        let idle = self.idle_peers(at);
+        let idle: Vec<&str> = idle.iter().map(|a| &**a).collect();
+        let window = ordering::candidate_window(self.peers.len() + 1, floor_k);
+        let infos: Vec<QueueInfo> = self
+            .queues_served
+            .iter()
+            .map(|q| self.queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
+            .collect();
+        let mut per_queue: Vec<Vec<(&str, &Waiting)>> = vec![Vec::new(); infos.len()];
+        for (name, entry) in self.merged() {
+            let Entry::Waiting(w) = entry else {
+                continue;
+            };
+            let Some(info) = infos.get(w.queue) else {
+                continue;
+            };
+            if claimable_now(w, info, now)
+                && skip.get(name).map(String::as_str) != Some(&*w.resource_version)
+            {
+                per_queue[w.queue].push((name, w));
+            }
+        }
+        if per_queue.iter().all(Vec::is_empty) {
+            return Choice::Nothing;
+        }
+
+        let mut wake: Option<Instant> = None;
+        let mut ready: Vec<Vec<Target>> = Vec::with_capacity(infos.len());
+        for (items, info) in per_queue.iter().zip(&infos) {
+            let candidates: Vec<ordering::Candidate<'_>> = items
+                .iter()
+                .map(|(name, w)| ordering::Candidate {
+                    name,
+                    priority: w.priority,
+                    created: w.created,
+                    queued_since: w.queued_since,
+                })
+                .collect();
+            let mut now_ready = Vec::new();
+            for i in ordering::agent_order(&candidates, &self.me, window, info.aging_seconds, now) {
+                let (name, w) = items[i];
+                let from =
+                    w.seen + ordering::claim_defer(ordering::standing(&self.me, &idle, name));
+                if from <= at {
+                    now_ready.push(Target {
+                        name: name.to_owned(),
+                        waiting: w.clone(),
+                    });
+                } else {
+                    wake = Some(wake.map_or(from, |t| t.min(from)));
+                }
+            }
+            ready.push(now_ready);
+        }
+        let weighted: Vec<ordering::WeightedQueue> = self
+            .queues_served
+            .iter()
+            .zip(&ready)
+            .map(|(q, r)| ordering::WeightedQueue {
+                weight: q.weight,
+                has_work: !r.is_empty(),
+            })
+            .collect();
+        match ordering::weighted_queue_pick(&weighted, rng) {
+            Some(qi) => Choice::Claim(Pick {
+                queue: self.queues_served[qi].name.clone(),
+                order: std::mem::take(&mut ready[qi]),
+            }),
+            None => wake.map_or(Choice::Nothing, Choice::WaitUntil),
         }
     }
 }
@@ -350,24 +560,14 @@ pub fn spawn_watches(
         for field in ["spec.queue", "status.queue"] {
             let selector = format!("{field}={}", q.name);
             let config = watcher::Config::default().fields(&selector);
-            let (cache, changed, queues, index) =
-                (cache.clone(), changed.clone(), queues.clone(), stream);
+            let (cache, changed, index) = (cache.clone(), changed.clone(), stream);
             let api = items.clone();
             tasks.push(tokio::spawn(async move {
                 let mut events = watcher::watcher(api, config).default_backoff().boxed();
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(event) => {
-                            let name = match &event {
-                                Event::Apply(i) => i.metadata.name.clone(),
-                                _ => None,
-                            };
-                            let mut c = lock(&cache);
-                            c.apply_item(index, event);
-                            if let Some(name) = name {
-                                c.note_claimable(&queues, index, &name, Timestamp::now());
-                            }
-                            drop(c);
+                            lock(&cache).apply_item(index, event);
                             changed.notify_one();
                         }
                         Err(err) => tracing::warn!(%err, selector = %selector, "work item watch failed; retrying"),
@@ -384,7 +584,7 @@ pub fn spawn_watches(
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
-                    lock(&cache).apply_queue(&queues, event);
+                    lock(&cache).apply_queue(event);
                     changed.notify_one();
                 }
                 Err(err) => tracing::warn!(%err, "work queue watch failed; retrying"),
@@ -441,12 +641,21 @@ mod tests {
         wi
     }
 
-    fn queued(mut wi: WorkItem) -> WorkItem {
+    fn with_phase(mut wi: WorkItem, phase: Phase, agent: Option<&str>) -> WorkItem {
         wi.status = Some(WorkItemStatus {
-            phase: Some(Phase::Queued),
+            phase: Some(phase),
+            claim: agent.map(|a| Claim {
+                agent: a.into(),
+                epoch: 1,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         wi
+    }
+
+    fn queued(wi: WorkItem) -> WorkItem {
+        with_phase(wi, Phase::Queued, None)
     }
 
     fn qs(list: &[(&str, i32)]) -> Vec<QueueWeight> {
@@ -458,19 +667,33 @@ mod tests {
             .collect()
     }
 
-    fn cache_with(items: Vec<WorkItem>) -> Cache {
-        let mut c = Cache::new(2);
+    fn cache_with(me: &str, queues: &[QueueWeight], items: Vec<WorkItem>) -> Cache {
+        let mut c = Cache::new(me, queues);
         for i in items {
             c.apply_item(0, Event::Apply(i));
         }
-        c.apply_item(0, Event::InitDone);
-        c.apply_item(1, Event::InitDone);
-        c.apply_queue(&[], Event::InitDone);
+        for s in 0..item_streams(queues) {
+            c.apply_item(s, Event::InitDone);
+        }
+        c.apply_queue(Event::InitDone);
         c
     }
 
+    fn names(choice: Choice) -> Vec<String> {
+        match choice {
+            Choice::Claim(p) => p.order.into_iter().map(|t| t.name).collect(),
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    fn pick_now(c: &mut Cache, skip: &HashMap<String, String>, k: usize) -> Choice {
+        // Far enough in the future that no defer is pending.
+        let later = Instant::now() + Duration::from_secs(60);
+        c.pick(skip, k, t(0), later, &mut StdRng::seed_from_u64(1))
+    }
+
     #[test]
-    fn slim_drops_payload_and_history_but_keeps_what_claims_need() {
+    fn slim_drops_payload_and_history_but_keeps_what_checks_need() {
         let mut wi = item("a", "q", 7, 5);
         wi.spec.payload = Some(serde_json::json!({"big": "x".repeat(10_000)}));
         wi.spec.depends_on = vec!["x".into(), "y".into()];
@@ -494,97 +717,228 @@ mod tests {
     }
 
     #[test]
-    fn max_in_flight_queues_need_admission() {
-        let fresh = item("a", "q", 500, 1);
-        let limited = QueueInfo {
-            max_in_flight: Some(2),
-            aging_seconds: 1,
-        };
-        assert!(claimable(&fresh, "q", None, t(1)));
-        assert!(!claimable(&fresh, "q", Some(&limited), t(1)));
-        assert!(claimable(&queued(fresh.clone()), "q", Some(&limited), t(1)));
-        assert!(!claimable(&fresh, "other", None, t(1)), "wrong queue");
-        let mut cancelled = fresh;
+    fn only_claimable_looking_items_are_kept() {
+        let queues = qs(&[("q", 1)]);
+        let now = Instant::now();
+        let keep = |wi: &WorkItem| entry_of(wi, &queues, now);
+        assert!(matches!(
+            keep(&item("a", "q", 1, 1)),
+            Some(Entry::Waiting(_))
+        ));
+        assert!(matches!(
+            keep(&queued(item("a", "q", 1, 1))),
+            Some(Entry::Waiting(_))
+        ));
+        assert!(keep(&item("a", "other", 1, 1)).is_none(), "not our queue");
+        for done in [Phase::Succeeded, Phase::Failed, Phase::Pending, Phase::Held] {
+            assert!(keep(&with_phase(item("a", "q", 1, 1), done, None)).is_none());
+        }
+        let running = with_phase(item("a", "q", 1, 1), Phase::Running, Some("other"));
+        assert!(matches!(keep(&running), Some(Entry::Running { agent, .. }) if &*agent == "other"));
+        let mut cancelled = item("a", "q", 1, 1);
         cancelled.spec.cancel = true;
-        assert!(!claimable(&cancelled, "q", None, t(1)));
+        assert!(keep(&cancelled).is_none());
+        let mut deps = item("a", "q", 1, 1);
+        deps.spec.depends_on = vec!["b".into()];
+        assert!(keep(&deps).is_none(), "pending on dependencies");
+        let mut routed = queued(item("a", "q", 1, 1));
+        routed.status.as_mut().unwrap().queue = Some("escalated".into());
+        assert!(keep(&routed).is_none(), "routing overrides spec.queue");
+        let routed_here = qs(&[("escalated", 1)]);
+        assert!(entry_of(&routed, &routed_here, now).is_some());
     }
 
     #[test]
-    fn routing_overrides_spec_queue() {
-        let mut routed = queued(item("a", "q", 500, 1));
-        routed.status.as_mut().unwrap().queue = Some("escalated".into());
-        assert!(!claimable(&routed, "q", None, t(1)));
-        assert!(claimable(&routed, "escalated", None, t(1)));
+    fn max_in_flight_queues_need_admission() {
+        let queues = qs(&[("q", 1)]);
+        let mut c = cache_with("me", &queues, vec![item("fresh", "q", 500, 1)]);
+        let mut limited = WorkQueue::new("q", Default::default());
+        limited.spec.max_in_flight = Some(2);
+        c.apply_queue(Event::Apply(limited));
+        assert!(matches!(
+            pick_now(&mut c, &HashMap::new(), 4),
+            Choice::Nothing
+        ));
+        c.apply_item(0, Event::Apply(queued(item("fresh", "q", 500, 2))));
+        assert_eq!(names(pick_now(&mut c, &HashMap::new(), 4)), ["fresh"]);
+    }
+
+    #[test]
+    fn not_before_and_deadline_bound_the_claim() {
+        let queues = qs(&[("q", 1)]);
+        let mut later = item("later", "q", 1, 1);
+        later.spec.not_before = Some(Time(t(10)));
+        later.spec.queue = Some("q".into());
+        let mut c = cache_with("me", &queues, vec![queued(later)]);
+        let at = Instant::now() + Duration::from_secs(60);
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(matches!(
+            c.pick(&HashMap::new(), 4, t(5), at, &mut rng),
+            Choice::Nothing
+        ));
+        assert!(matches!(
+            c.pick(&HashMap::new(), 4, t(10), at, &mut rng),
+            Choice::Claim(_)
+        ));
     }
 
     #[test]
     fn pick_prefers_the_top_and_skips_lost_races() {
-        let mut c = cache_with(vec![
-            item("low", "q", 1, 1),
-            item("high", "q", 900, 2),
-            item("mid", "q", 500, 3),
-        ]);
         let queues = qs(&[("q", 1)]);
-        let mut rng = StdRng::seed_from_u64(1);
-        let p = c
-            .pick(&queues, &HashMap::new(), 1, t(0), Instant::now(), &mut rng)
-            .unwrap();
-        assert_eq!(
-            p.order
-                .iter()
-                .map(|i| i.metadata.name.clone().unwrap())
-                .collect::<Vec<_>>(),
-            ["high"]
+        let mut c = cache_with(
+            "me",
+            &queues,
+            vec![
+                item("low", "q", 1, 1),
+                item("high", "q", 900, 2),
+                item("mid", "q", 500, 3),
+            ],
         );
+        // Alone, the agent considers two candidates: the top two, best first.
+        assert_eq!(names(pick_now(&mut c, &HashMap::new(), 1)), ["high", "mid"]);
         let skip = [("high".to_owned(), "2".to_owned())].into();
-        let p = c
-            .pick(&queues, &skip, 1, t(0), Instant::now(), &mut rng)
-            .unwrap();
-        assert_eq!(p.order[0].metadata.name.as_deref(), Some("mid"));
+        assert_eq!(names(pick_now(&mut c, &skip, 1))[0], "mid");
         // A newer version of a skipped item is a new chance.
         c.apply_item(0, Event::Apply(item("high", "q", 900, 9)));
-        let p = c
-            .pick(&queues, &skip, 1, t(0), Instant::now(), &mut rng)
-            .unwrap();
-        assert_eq!(p.order[0].metadata.name.as_deref(), Some("high"));
+        assert_eq!(names(pick_now(&mut c, &skip, 1))[0], "high");
+        // Claimed by someone else: gone from the candidates.
+        c.apply_item(
+            0,
+            Event::Apply(with_phase(
+                item("high", "q", 900, 10),
+                Phase::Running,
+                Some("x"),
+            )),
+        );
+        assert_eq!(names(pick_now(&mut c, &skip, 1)), ["mid", "low"]);
     }
 
     #[test]
-    fn pick_spreads_over_top_k() {
-        let items: Vec<WorkItem> = (0..20)
-            .map(|i| item(&format!("i{i:02}"), "q", 500, i + 1))
-            .collect();
-        let mut c = cache_with(items);
+    fn the_claim_target_carries_version_attempt_and_epoch() {
         let queues = qs(&[("q", 1)]);
-        let mut rng = StdRng::seed_from_u64(7);
-        let mut firsts = std::collections::BTreeSet::new();
-        for _ in 0..50 {
-            let p = c
-                .pick(&queues, &HashMap::new(), 4, t(0), Instant::now(), &mut rng)
-                .unwrap();
-            assert_eq!(p.order.len(), 4);
-            firsts.insert(p.order[0].metadata.name.clone().unwrap());
+        let mut retried = queued(item("a", "q", 1, 42));
+        let st = retried.status.as_mut().unwrap();
+        st.attempt = 3;
+        st.claim = Some(Claim {
+            agent: "old".into(),
+            epoch: 7,
+            ..Default::default()
+        });
+        let mut c = cache_with("me", &queues, vec![retried]);
+        let Choice::Claim(p) = pick_now(&mut c, &HashMap::new(), 1) else {
+            panic!("claimable");
+        };
+        let target = p.order[0].as_item();
+        assert_eq!(target.metadata.name.as_deref(), Some("a"));
+        assert_eq!(target.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(
+            (target.status.as_ref().unwrap().attempt, target.epoch()),
+            (3, 7)
+        );
+    }
+
+    #[test]
+    fn idle_agents_leave_each_new_item_to_its_owner_first() {
+        let queues = qs(&[("q", 1)]);
+        let agents = ["agent-a", "agent-b", "agent-c"];
+        // Every agent has seen the others hold claims, and none holds one now.
+        let seed: Vec<WorkItem> = agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                with_phase(
+                    item(&format!("old-{i}"), "q", 1, i as u64 + 1),
+                    Phase::Running,
+                    Some(a),
+                )
+            })
+            .collect();
+        let mut caches: Vec<Cache> = agents
+            .iter()
+            .map(|me| cache_with(me, &queues, seed.clone()))
+            .collect();
+        for (c, i) in caches.iter_mut().zip(0u64..) {
+            for j in 0..3u64 {
+                let done = with_phase(
+                    item(&format!("old-{j}"), "q", 1, 10 + j),
+                    Phase::Succeeded,
+                    None,
+                );
+                c.apply_item(0, Event::Apply(done));
+            }
+            assert_eq!(c.peer_count(), 3, "agent {i} knows its peers");
         }
-        assert!(
-            firsts.len() > 1,
-            "agents must not all try the same head first"
-        );
-        assert!(
-            firsts.iter().all(|n| n.as_str() < "i04"),
-            "only the top 4 (FIFO): {firsts:?}"
-        );
+        let mut owners = 0;
+        let mut deferred = 0;
+        for n in 0..30 {
+            let name = format!("new-{n}");
+            for c in caches.iter_mut() {
+                c.apply_item(0, Event::Apply(item(&name, "q", 1, 100 + n)));
+            }
+            for c in caches.iter_mut() {
+                let at = Instant::now();
+                let choice = c.pick(
+                    &HashMap::new(),
+                    1,
+                    t(0),
+                    at,
+                    &mut StdRng::seed_from_u64(2),
+                );
+                match choice {
+                    Choice::Claim(p) => {
+                        assert_eq!(p.order[0].name, name);
+                        owners += 1;
+                    }
+                    Choice::WaitUntil(wake) => {
+                        assert!(wake > at);
+                        deferred += 1;
+                    }
+                    Choice::Nothing => panic!("there is work"),
+                }
+                // The next item: this one is claimed by its owner.
+                c.apply_item(
+                    0,
+                    Event::Apply(with_phase(
+                        item(&name, "q", 1, 200 + n),
+                        Phase::Succeeded,
+                        None,
+                    )),
+                );
+            }
+        }
+        assert_eq!(owners, 30, "exactly one agent claims each new item at once");
+        assert_eq!(deferred, 60);
+        // Unclaimed after the defer, an item is anyone's.
+        let mut c = cache_with("agent-a", &queues, seed);
+        c.apply_item(0, Event::Apply(item("late", "q", 1, 999)));
+        let later = Instant::now() + ordering::claim_defer(ordering::MAX_CLAIM_DEFER_STEPS);
+        assert!(matches!(
+            c.pick(
+                &HashMap::new(),
+                1,
+                t(0),
+                later,
+                &mut StdRng::seed_from_u64(3)
+            ),
+            Choice::Claim(_)
+        ));
     }
 
     #[test]
     fn weighted_queues_and_empty_ones() {
-        let mut c = cache_with(vec![item("a", "feature", 500, 1), item("b", "bug", 500, 2)]);
         let queues = qs(&[("feature", 3), ("bug", 1), ("docs", 5)]);
+        let mut c = cache_with(
+            "me",
+            &queues,
+            vec![item("a", "feature", 500, 1), item("b", "bug", 500, 2)],
+        );
+        let later = Instant::now() + Duration::from_secs(60);
         let mut rng = StdRng::seed_from_u64(3);
         let mut counts: HashMap<String, u32> = HashMap::new();
         for _ in 0..400 {
-            let p = c
-                .pick(&queues, &HashMap::new(), 2, t(0), Instant::now(), &mut rng)
-                .unwrap();
+            let Choice::Claim(p) = c.pick(&HashMap::new(), 2, t(0), later, &mut rng) else {
+                panic!("work exists");
+            };
             *counts.entry(p.queue).or_default() += 1;
         }
         assert!(counts["feature"] > counts["bug"] * 2, "{counts:?}");
@@ -593,23 +947,55 @@ mod tests {
 
     #[test]
     fn relist_replaces_a_stream_and_newest_version_wins() {
-        let mut c = cache_with(vec![item("a", "q", 500, 1), item("gone", "q", 500, 2)]);
+        let queues = qs(&[("q", 1)]);
+        let mut c = cache_with(
+            "me",
+            &queues,
+            vec![item("a", "q", 500, 1), item("gone", "q", 500, 2)],
+        );
         c.apply_item(0, Event::Init);
         c.apply_item(0, Event::InitApply(item("a", "q", 500, 3)));
         c.apply_item(0, Event::InitDone);
-        assert!(c.get("gone").is_none());
+        assert_eq!(names(pick_now(&mut c, &HashMap::new(), 8)), ["a"]);
         c.apply_item(1, Event::Apply(item("a", "q", 500, 10)));
+        let Choice::Claim(p) = pick_now(&mut c, &HashMap::new(), 8) else {
+            panic!("claimable");
+        };
+        assert_eq!(&*p.order[0].waiting.resource_version, "10");
+    }
+
+    #[test]
+    fn the_held_item_is_kept_whole_and_only_it() {
+        let queues = qs(&[("q", 1)]);
+        let mut c = cache_with("me", &queues, vec![]);
+        c.hold("a");
+        let mine = with_phase(item("a", "q", 1, 5), Phase::Running, Some("me"));
+        c.apply_item(0, Event::Apply(mine));
+        c.apply_item(0, Event::Apply(item("b", "q", 1, 6)));
         assert_eq!(
-            c.get("a").unwrap().metadata.resource_version.as_deref(),
-            Some("10")
+            c.get("a")
+                .and_then(|i| i.metadata.resource_version.as_deref()),
+            Some("5")
         );
+        assert!(c.get("b").is_none());
+        // An older copy from the other stream does not replace a newer one.
+        c.apply_item(1, Event::Apply(item("a", "q", 1, 4)));
+        assert_eq!(
+            c.get("a")
+                .and_then(|i| i.metadata.resource_version.as_deref()),
+            Some("5")
+        );
+        c.release();
+        assert!(c.get("a").is_none());
+        assert_eq!(c.peer_count(), 1, "its own claim does not make a peer");
     }
 
     #[test]
     fn not_synced_until_every_watch_listed() {
-        let mut c = Cache::new(2);
+        let queues = qs(&[("q", 1)]);
+        let mut c = Cache::new("me", &queues);
         c.apply_item(0, Event::InitDone);
-        c.apply_queue(&[], Event::InitDone);
+        c.apply_queue(Event::InitDone);
         assert!(!c.synced());
         c.apply_item(1, Event::InitDone);
         assert!(c.synced());

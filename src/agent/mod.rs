@@ -37,7 +37,7 @@ use kube::Api;
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
-use self::candidates::{SharedCache, lock};
+use self::candidates::{Choice, SharedCache, lock};
 use self::config::AgentConfig;
 use self::heartbeat::LeaseHealth;
 use self::metrics::{AgentMetrics, outcome};
@@ -109,7 +109,8 @@ pub async fn run(
     let items: Api<WorkItem> = Api::namespaced(client.clone(), &cfg.namespace);
     let queues_api: Api<WorkQueue> = Api::namespaced(client.clone(), &cfg.namespace);
     let cache: SharedCache = Arc::new(std::sync::Mutex::new(candidates::Cache::new(
-        candidates::item_streams(&cfg.queues),
+        &cfg.name,
+        &cfg.queues,
     )));
     let changed = Arc::new(Notify::new());
     let watches = candidates::spawn_watches(
@@ -233,10 +234,9 @@ impl Agent {
             if skip.len() > 10_000 {
                 skip.clear();
             }
-            let pick = {
+            let choice = {
                 let mut rng = rand::rng();
                 lock(&self.cache).pick(
-                    &self.cfg.queues,
                     &skip,
                     self.cfg.top_k,
                     jiff::Timestamp::now(),
@@ -244,58 +244,75 @@ impl Agent {
                     &mut rng,
                 )
             };
-            let Some(pick) = pick else {
-                let since = *idle_since.get_or_insert_with(Instant::now);
-                if self.cfg.empty_queue_policy == crate::api::EmptyQueuePolicy::Exit
-                    && since.elapsed() >= self.cfg.idle_exit
-                {
-                    return Ok("queues empty (empty-queue policy Exit)");
+            let pick = match choice {
+                Choice::Claim(pick) => pick,
+                Choice::WaitUntil(at) => {
+                    // Agents that prefer these items get a head start; look again when
+                    // it is over, or sooner if the watch brings news.
+                    idle_since = None;
+                    tokio::select! {
+                        _ = self.changed.notified() => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = self.drain.changed() => {}
+                    }
+                    continue;
                 }
-                // Woken by any watch event; the timeout covers retryAt/notBefore passing.
-                tokio::select! {
-                    _ = self.changed.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = self.drain.changed() => {}
+                Choice::Nothing => {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if self.cfg.empty_queue_policy == crate::api::EmptyQueuePolicy::Exit
+                        && since.elapsed() >= self.cfg.idle_exit
+                    {
+                        return Ok("queues empty (empty-queue policy Exit)");
+                    }
+                    // Woken by any watch event; the timeout covers retryAt/notBefore passing.
+                    tokio::select! {
+                        _ = self.changed.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.drain.changed() => {}
+                    }
+                    continue;
                 }
-                continue;
             };
             idle_since = None;
             for candidate in pick.order {
                 if self.draining() || !self.lease.fresh() {
                     break;
                 }
-                let Some(name) = candidate.metadata.name.clone() else {
-                    continue;
-                };
-                let rv = candidate
-                    .metadata
-                    .resource_version
-                    .clone()
-                    .unwrap_or_default();
+                let name = candidate.name.clone();
+                let rv = candidate.waiting.resource_version.to_string();
                 self.metrics.claim_attempts.inc();
                 // A lapse from here on means the claim may have been taken from us.
                 self.claim_lapses = self.lease.lapses();
-                match claim(&self.items, &candidate, &self.identity).await {
+                // Keep the whole view of this item from now on: its events may arrive
+                // before the claim's response.
+                lock(&self.cache).hold(&name);
+                let claimed = claim(&self.items, &candidate.as_item(), &self.identity).await;
+                if claimed.is_err() {
+                    lock(&self.cache).release();
+                }
+                match claimed {
                     Ok(item) => {
                         // Our claim's old version may still be in the cache for a moment.
                         skip.insert(name.clone(), rv);
-                        if let Some(seen) = lock(&self.cache).first_seen(&name) {
-                            self.metrics
-                                .claim_latency
-                                .observe(seen.elapsed().as_secs_f64());
-                        }
+                        self.metrics
+                            .claim_latency
+                            .observe(candidate.waiting.seen.elapsed().as_secs_f64());
                         tracing::info!(item = %name, queue = %pick.queue, attempt = item.status.as_ref().map(|s| s.attempt), "claimed");
                         done += 1;
-                        if let Handled::Broken(e) = self.handle(item).await {
+                        let handled = self.handle(item).await;
+                        lock(&self.cache).release();
+                        if let Handled::Broken(e) = handled {
                             return Err(e);
                         }
                         break;
                     }
                     Err(ClaimError::Conflict) => {
-                        // Another agent won (or the item moved on): try the next one,
-                        // never the same head again at this version.
+                        // Another agent won (or the item moved on): never the same head
+                        // again at this version, and choose again from the freshest
+                        // cache rather than from this now-stale order.
                         self.metrics.claim_conflicts.inc();
                         skip.insert(name, rv);
+                        break;
                     }
                     Err(ClaimError::NotFound) => {
                         skip.insert(name, rv);

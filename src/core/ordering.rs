@@ -1,5 +1,5 @@
-//! Claim order: priority with aging, FIFO within equal priority, and a random pick
-//! among the top few so that agents spread out.
+//! Claim order: priority with aging, FIFO within equal priority, and how agents of a
+//! pool spread their claims without talking to each other.
 //!
 //! Effective priority = `priority + floor(waited / agingSeconds)`, where `waited` is
 //! the time since the item became claimable (the latest of creation, notBefore and
@@ -8,12 +8,19 @@
 //! any wait; it is deliberately not capped lower, because any cap lets a steady stream
 //! of high-priority work starve an item that hit the cap. Ties go to the older item by
 //! creation time, then by name, so the order is total and deterministic.
+//!
+//! Agents: a claim is a compare-and-swap, and every lost race is a refused write the
+//! API server still pays for. So each agent orders equal candidates by its own hash of
+//! the item ([`affinity`]) and, among the agents it believes idle, only the one that
+//! prefers an item most ([`standing`] 0, rendezvous hashing) claims it at once; the
+//! others give it [`claim_defer`] first. Beliefs about who is idle come from the
+//! claims each agent sees in its watch, so they can be briefly wrong; then an item
+//! waits at most a few defer steps, and a CAS still decides.
 
 use std::cmp::Reverse;
 
 use jiff::Timestamp;
 use rand::Rng;
-use rand::seq::SliceRandom;
 
 use super::{seconds_since, ts};
 use crate::api::WorkItem;
@@ -109,36 +116,102 @@ pub fn top_k(
     ranked.into_iter().map(|(_, i)| i).collect()
 }
 
-/// How many top candidates an agent chooses among: about one per competing agent, so
-/// that agents rarely collide, but at most 16 so that priority order still holds.
-pub fn suggested_k(agents: usize) -> usize {
-    agents.clamp(1, 16)
+/// An agent's preference for an item, the same in every agent process: FNV-1a over
+/// the agent's and the item's names, then the splitmix64 finaliser so that names that
+/// differ in one character land far apart. Deliberately not `std`'s hasher, whose
+/// output may change between Rust versions (agents of one pool can run different
+/// builds during a rollout).
+pub fn affinity(agent: &str, item: &str) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    // 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") hash differently.
+    for b in agent.bytes().chain([0xff]).chain(item.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
-/// The top `k` candidates in random order: the order in which an agent tries to claim
-/// them, moving to the next on a conflict instead of retrying the same head.
-pub fn claim_order(
+/// Where `me` stands among the agents believed idle for `item` (rendezvous hashing):
+/// 0 means `me` owns it, n means n idle agents prefer it more. Agents that see the
+/// same idle set agree on one owner without talking to each other.
+pub fn standing(me: &str, idle: &[&str], item: &str) -> usize {
+    let mine = affinity(me, item);
+    idle.iter()
+        .filter(|p| **p != me)
+        .filter(|p| {
+            let theirs = affinity(p, item);
+            theirs > mine || (theirs == mine && **p < me)
+        })
+        .count()
+}
+
+/// How long an agent lets each agent ahead of it take an item before it tries itself:
+/// long enough for the owner's claim (one write) to reach the others' watches, so that
+/// idle agents do not all send a claim for each new item.
+pub const CLAIM_DEFER_STEP_MS: u64 = 40;
+
+/// Agents this far back do not wait longer: the ones ahead are evidently not taking
+/// the item (busy after all, or gone).
+pub const MAX_CLAIM_DEFER_STEPS: usize = 4;
+
+/// How long an agent at `standing` waits before trying an item it does not own.
+pub fn claim_defer(standing: usize) -> std::time::Duration {
+    let steps = standing.min(MAX_CLAIM_DEFER_STEPS) as u64;
+    std::time::Duration::from_millis(CLAIM_DEFER_STEP_MS * steps)
+}
+
+/// How many candidates an agent considers: about two per agent competing for the
+/// queue, so that agents choosing at the same moment mostly choose different items, and
+/// at least `floor` (the agent's `--claim-top-k`).
+pub fn candidate_window(peers: usize, floor: usize) -> usize {
+    floor.max(1).max(peers.saturating_mul(2))
+}
+
+/// Sort key of an agent's claim order: effective priority, then creation second (FIFO
+/// at one-second grain, even with aging off), then this agent's [`affinity`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct AgentRank<'a>(Reverse<i64>, i64, Reverse<u64>, &'a str);
+
+/// The best `k` candidates in the order agent `me` tries them, in O(n + k log k).
+/// Priority and aging hold across agents; within one priority and creation second
+/// each agent has its own order, so that concurrent choices rarely collide.
+pub fn agent_order(
     candidates: &[Candidate<'_>],
+    me: &str,
     k: usize,
     aging_seconds: i64,
     now: Timestamp,
-    rng: &mut impl Rng,
 ) -> Vec<usize> {
-    let mut top = top_k(candidates, k.max(1), aging_seconds, now);
-    top.shuffle(rng);
-    top
-}
-
-/// One candidate, uniformly among the top `k`; None when there are none.
-pub fn choose_candidate(
-    candidates: &[Candidate<'_>],
-    k: usize,
-    aging_seconds: i64,
-    now: Timestamp,
-    rng: &mut impl Rng,
-) -> Option<usize> {
-    let top = top_k(candidates, k.max(1), aging_seconds, now);
-    (!top.is_empty()).then(|| top[rng.random_range(0..top.len())])
+    let k = k.min(candidates.len());
+    if k == 0 {
+        return vec![];
+    }
+    let mut ranked: Vec<(AgentRank<'_>, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let Rank(priority, created, name) = rank(c, aging_seconds, now);
+            let key = AgentRank(
+                priority,
+                created.as_second(),
+                Reverse(affinity(me, name)),
+                name,
+            );
+            (key, i)
+        })
+        .collect();
+    if k < ranked.len() {
+        ranked.select_nth_unstable(k - 1);
+        ranked.truncate(k);
+    }
+    ranked.sort_unstable();
+    ranked.into_iter().map(|(_, i)| i).collect()
 }
 
 /// One of an agent pool's queues, for [`weighted_queue_pick`].
@@ -308,47 +381,99 @@ mod tests {
     }
 
     #[test]
-    fn choose_spreads_over_the_top_k_only() {
-        let names: Vec<String> = (0..50_000).map(|i| format!("item-{i:05}")).collect();
-        let cs: Vec<Candidate<'_>> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| c(n, (i % 1000) as i32, i as i64))
-            .collect();
-        let top: Vec<usize> = top_k(&cs, 4, 0, t(0));
-        let mut rng = StdRng::seed_from_u64(1);
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..200 {
-            let i = choose_candidate(&cs, 4, 0, t(0), &mut rng).unwrap();
-            assert!(top.contains(&i));
-            assert_eq!(cs[i].priority, 999);
-            seen.insert(i);
+    fn affinity_is_stable_and_spread() {
+        // Fixed values: agents built at different times must agree.
+        assert_eq!(affinity("a", "b"), affinity("a", "b"));
+        assert_ne!(affinity("ab", "c"), affinity("a", "bc"));
+        let agents: Vec<String> = (0..10).map(|i| format!("pool-{i}")).collect();
+        let mut owned = [0usize; 10];
+        for item in 0..10_000 {
+            let name = format!("item-{item}");
+            let idle: Vec<&str> = agents.iter().map(String::as_str).collect();
+            let owners: Vec<usize> = (0..10)
+                .filter(|&i| standing(&agents[i], &idle, &name) == 0)
+                .collect();
+            assert_eq!(owners.len(), 1, "exactly one owner for {name}");
+            owned[owners[0]] += 1;
         }
-        assert_eq!(seen.len(), 4, "all of the top 4 get picked");
-        assert_eq!(choose_candidate(&[], 4, 0, t(0), &mut rng), None);
-    }
-
-    #[test]
-    fn claim_order_is_a_permutation_of_the_top_k() {
-        let cs = [c("a", 1, 0), c("b", 5, 0), c("c", 3, 0), c("d", 4, 0)];
-        let mut rng = StdRng::seed_from_u64(3);
-        let mut order = claim_order(&cs, 3, 0, t(0), &mut rng);
-        order.sort();
-        assert_eq!(order, vec![1, 2, 3]);
-        let orders: std::collections::BTreeSet<Vec<usize>> = (0..50)
-            .map(|_| claim_order(&cs, 3, 0, t(0), &mut rng))
-            .collect();
         assert!(
-            orders.len() > 1,
-            "agents do not all try the same head first"
+            owned.iter().all(|&n| (800..1200).contains(&n)),
+            "ownership spreads evenly: {owned:?}"
         );
     }
 
     #[test]
-    fn suggested_k_bounds() {
-        assert_eq!(suggested_k(0), 1);
-        assert_eq!(suggested_k(5), 5);
-        assert_eq!(suggested_k(500), 16);
+    fn standing_counts_the_idle_agents_ahead() {
+        let idle = ["a", "b", "c", "d"];
+        let mut standings: Vec<usize> = idle.iter().map(|me| standing(me, &idle, "x")).collect();
+        standings.sort_unstable();
+        assert_eq!(
+            standings,
+            vec![0, 1, 2, 3],
+            "a strict order of the idle agents"
+        );
+        assert_eq!(
+            standing("a", &["a"], "x"),
+            0,
+            "alone, an agent owns everything"
+        );
+        assert_eq!(standing("a", &[], "x"), 0);
+        // An agent not in its own idle list (it just became busy) still ranks itself.
+        let s = standing("e", &idle, "x");
+        assert!(s <= idle.len());
+    }
+
+    #[test]
+    fn defer_grows_with_standing_and_is_capped() {
+        assert_eq!(claim_defer(0), std::time::Duration::ZERO);
+        assert_eq!(claim_defer(1).as_millis(), u128::from(CLAIM_DEFER_STEP_MS));
+        assert!(claim_defer(2) > claim_defer(1));
+        assert_eq!(claim_defer(MAX_CLAIM_DEFER_STEPS), claim_defer(1000));
+    }
+
+    #[test]
+    fn window_scales_with_peers() {
+        assert_eq!(candidate_window(0, 8), 8);
+        assert_eq!(candidate_window(3, 8), 8);
+        assert_eq!(candidate_window(50, 8), 100);
+        assert_eq!(candidate_window(0, 0), 1);
+        assert_eq!(candidate_window(usize::MAX, 8), usize::MAX);
+    }
+
+    #[test]
+    fn agent_order_keeps_priority_and_creation_second() {
+        let cs = [
+            c("low", 1, 0),
+            c("hi", 900, 5),
+            c("mid-late", 500, 3),
+            c("mid-early", 500, 2),
+        ];
+        for me in ["a", "b", "c", "zz"] {
+            let order: Vec<&str> = agent_order(&cs, me, 4, 0, t(10))
+                .into_iter()
+                .map(|i| cs[i].name)
+                .collect();
+            assert_eq!(order, ["hi", "mid-early", "mid-late", "low"], "agent {me}");
+        }
+        assert_eq!(agent_order(&cs, "a", 0, 0, t(10)), Vec::<usize>::new());
+        assert_eq!(agent_order(&[], "a", 3, 0, t(10)), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn agents_choose_different_items_within_a_band() {
+        let names: Vec<String> = (0..100).map(|i| format!("item-{i:03}")).collect();
+        let cs: Vec<Candidate<'_>> = names.iter().map(|n| c(n, 500, 7)).collect();
+        let firsts: std::collections::BTreeSet<usize> = (0..20)
+            .map(|a| agent_order(&cs, &format!("agent-{a}"), 10, 0, t(8))[0])
+            .collect();
+        assert!(
+            firsts.len() >= 14,
+            "20 agents' first choices among 100 equal items mostly differ: {}",
+            firsts.len()
+        );
+        // A partial selection still returns this agent's best k, in its order.
+        let all = agent_order(&cs, "agent-1", 100, 0, t(8));
+        assert_eq!(agent_order(&cs, "agent-1", 10, 0, t(8)), all[..10].to_vec());
     }
 
     #[test]

@@ -85,29 +85,48 @@ pub fn effective_phase(item: &WorkItem) -> Phase {
     })
 }
 
-/// Whether an agent may try to claim `item` now: it runs on a queue, is Queued (or
-/// fast-path with no status), is not cancelled, and any retryAt, notBefore or deadline
-/// allows it.
-pub fn is_claimable(item: &WorkItem, now: Timestamp) -> bool {
+/// When an item may be claimed, as far as its current state says: from `from` (its
+/// notBefore or retryAt) until `until` (its deadline), either open-ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimWindow {
+    pub from: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+impl ClaimWindow {
+    pub fn contains(&self, now: Timestamp) -> bool {
+        self.from.is_none_or(|f| f <= now) && self.until.is_none_or(|u| u > now)
+    }
+}
+
+/// The window in which `item` is claimable, or None when it is not claimable at any
+/// time in its current state: cancelled, on no queue, or neither Queued nor fast-path
+/// with no status. Agents keep only the window, not the item.
+pub fn claim_window(item: &WorkItem) -> Option<ClaimWindow> {
     if item.spec.cancel || item.effective_queue().is_none() {
-        return false;
+        return None;
     }
     let phase_ok = match item.phase() {
         None => is_fast_path(item),
         Some(p) => p == Phase::Queued,
     };
     if !phase_ok {
-        return false;
+        return None;
     }
-    let status = item.status.as_ref();
-    let not_yet = |t: Option<Timestamp>| t.is_some_and(|t| t > now);
-    if not_yet(ts(item.spec.not_before.as_ref()))
-        || not_yet(status.and_then(|s| ts(s.retry_at.as_ref())))
-    {
-        return false;
-    }
-    // Past its own deadline the scheduler dead-letters it; running it would waste an attempt.
-    ts(item.spec.deadline.as_ref()).is_none_or(|d| d > now)
+    let retry_at = item.status.as_ref().and_then(|s| ts(s.retry_at.as_ref()));
+    Some(ClaimWindow {
+        from: ts(item.spec.not_before.as_ref()).max(retry_at),
+        // Past its own deadline the scheduler dead-letters it; running it would waste
+        // an attempt.
+        until: ts(item.spec.deadline.as_ref()),
+    })
+}
+
+/// Whether an agent may try to claim `item` now: it runs on a queue, is Queued (or
+/// fast-path with no status), is not cancelled, and any retryAt, notBefore or deadline
+/// allows it.
+pub fn is_claimable(item: &WorkItem, now: Timestamp) -> bool {
+    claim_window(item).is_some_and(|w| w.contains(now))
 }
 
 /// When a finished item is due for deletion under the queue's retention: Succeeded and
