@@ -11,6 +11,7 @@
 //! | [`phase`] | legal phase transitions per writer, claimability, retention |
 //! | [`retry`] | backoff delay; what follows an attempt; escalation policy |
 //! | [`graph`] | WorkRequest validation (names, dependencies, cycles) and item planning |
+//! | [`cycle`] | dependency cycles among existing items (applied one by one, not planned) |
 //! | [`admission`] | Pending → Queued, wait, or fail on a failed dependency |
 //! | [`routing`] | which queue an item runs on |
 //! | [`ordering`] | effective priority with aging, candidate and queue choice |
@@ -20,6 +21,7 @@
 //! | [`report`] | parsing the work command's report channel |
 
 pub mod admission;
+pub mod cycle;
 pub mod graph;
 pub mod ordering;
 pub mod phase;

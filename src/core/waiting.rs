@@ -3,11 +3,12 @@
 //! `Why` printer column, so at most [`MAX_MESSAGE`] characters).
 //!
 //! [`explain`] picks the reason that must clear *first* for the item to run, so the
-//! message always names the thing to fix: held > dependency > not-before > backoff >
-//! routing > no agent pool > maxInFlight > position.
+//! message always names the thing to fix: held > dependency cycle > dependency >
+//! not-before > backoff > routing > no agent pool > maxInFlight > position.
 
 use jiff::Timestamp;
 
+use super::cycle::{DEPENDENCY_CYCLE, DEPENDS_ON_CYCLE, ItemCycle, render};
 use super::routing::Route;
 use crate::api::Phase;
 
@@ -16,6 +17,15 @@ pub const MAX_MESSAGE: usize = 80;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Why {
+    /// On a dependency cycle among items: nothing on it can ever run as it stands.
+    /// `path` starts and ends with the item.
+    DependencyCycle {
+        path: Vec<String>,
+    },
+    /// Waits, directly or through others, on a dependency cycle it is not part of.
+    BehindCycle {
+        cycle: Vec<String>,
+    },
     /// A dependency has not succeeded yet (or does not exist yet).
     Dependency {
         name: String,
@@ -62,6 +72,8 @@ impl Why {
     /// A CamelCase reason, usable as a condition reason.
     pub fn code(&self) -> &'static str {
         match self {
+            Why::DependencyCycle { .. } => DEPENDENCY_CYCLE,
+            Why::BehindCycle { .. } => DEPENDS_ON_CYCLE,
             Why::Dependency { .. } => "WaitingForDependency",
             Why::NotBefore { .. } => "NotBefore",
             Why::Backoff { .. } => "Backoff",
@@ -77,6 +89,8 @@ impl Why {
     /// At most [`MAX_MESSAGE`] characters; long names are cut with "…".
     pub fn message(&self) -> String {
         let s = match self {
+            Why::DependencyCycle { path } => format!("dependency cycle: {}", render(path)),
+            Why::BehindCycle { cycle } => format!("waits on dependency cycle {}", render(cycle)),
             Why::Dependency { name } => format!("waiting for dependency {name}"),
             Why::NotBefore { at } => format!("not before {at:.0}"),
             Why::Backoff { until } => format!("backoff until {until:.0}"),
@@ -132,6 +146,8 @@ pub struct WaitContext<'a> {
     pub phase: Phase,
     /// The first dependency that has not succeeded, if any.
     pub unmet_dependency: Option<&'a str>,
+    /// A dependency cycle the item is on or waits on, when one was looked for and found.
+    pub cycle: Option<&'a ItemCycle>,
     pub not_before: Option<Timestamp>,
     pub retry_at: Option<Timestamp>,
     pub route: &'a Route,
@@ -157,6 +173,17 @@ pub fn explain(ctx: &WaitContext<'_>, now: Timestamp) -> Option<Why> {
         }
         Phase::Pending | Phase::Queued | Phase::Backoff => {}
         _ => return None,
+    }
+    // A cycle before the dependency it shows up as: waiting for that dependency is
+    // waiting forever.
+    match ctx.cycle {
+        Some(ItemCycle::On { path }) => return Some(Why::DependencyCycle { path: path.clone() }),
+        Some(ItemCycle::Behind { cycle, .. }) => {
+            return Some(Why::BehindCycle {
+                cycle: cycle.clone(),
+            });
+        }
+        None => {}
     }
     if let Some(name) = ctx.unmet_dependency {
         return Some(Why::Dependency { name: name.into() });
@@ -210,6 +237,12 @@ mod tests {
     fn all_reasons() -> Vec<Why> {
         let long = "x".repeat(63);
         vec![
+            Why::DependencyCycle {
+                path: vec![long.clone(); 3],
+            },
+            Why::BehindCycle {
+                cycle: vec![long.clone(); 3],
+            },
             Why::Dependency { name: long.clone() },
             Why::NotBefore { at: t(0) },
             Why::Backoff { until: t(0) },
@@ -251,6 +284,21 @@ mod tests {
 
     #[test]
     fn messages_say_what_waits() {
+        let ab = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Why::DependencyCycle {
+                path: ab(&["a", "b", "a"])
+            }
+            .message(),
+            "dependency cycle: a → b → a"
+        );
+        assert_eq!(
+            Why::BehindCycle {
+                cycle: ab(&["a", "b", "a"])
+            }
+            .message(),
+            "waits on dependency cycle a → b → a"
+        );
         assert_eq!(
             Why::Dependency { name: "a".into() }.message(),
             "waiting for dependency a"
@@ -314,6 +362,8 @@ mod tests {
         assert_eq!(
             codes,
             [
+                "DependencyCycle",
+                "DependsOnCycle",
                 "WaitingForDependency",
                 "NotBefore",
                 "Backoff",
@@ -345,6 +395,7 @@ mod tests {
         WaitContext {
             phase: Phase::Queued,
             unmet_dependency: None,
+            cycle: None,
             not_before: None,
             retry_at: None,
             route,
@@ -451,6 +502,41 @@ mod tests {
                 reason: Some("Stalled".into())
             })
         );
+    }
+
+    #[test]
+    fn a_cycle_is_named_instead_of_the_dependency() {
+        let to_q = Route::To("q".into());
+        let on = ItemCycle::On {
+            path: vec!["a".into(), "b".into(), "a".into()],
+        };
+        let c = WaitContext {
+            phase: Phase::Pending,
+            unmet_dependency: Some("b"),
+            cycle: Some(&on),
+            ..ctx(&to_q)
+        };
+        assert_eq!(
+            explain(&c, t(0)),
+            Some(Why::DependencyCycle {
+                path: vec!["a".into(), "b".into(), "a".into()]
+            })
+        );
+        let behind = ItemCycle::Behind {
+            via: vec!["c".into(), "a".into()],
+            cycle: vec!["a".into(), "b".into(), "a".into()],
+        };
+        let c = WaitContext {
+            cycle: Some(&behind),
+            ..c
+        };
+        assert_eq!(explain(&c, t(0)).unwrap().code(), "DependsOnCycle");
+        // Held still wins: the escalation is what a person must look at first.
+        let c = WaitContext {
+            phase: Phase::Held,
+            ..c
+        };
+        assert_eq!(explain(&c, t(0)).unwrap().code(), "Held");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! In-memory indexes over the scheduler's WorkItem watch, updated per event in O(1):
 //! per-queue counts by phase, who depends on whom, and which items belong to which
 //! request. They let one change cost O(changed objects), never a pass over a queue.
+//! Dependency-cycle walks are bounded by a limit on the items they look at.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use jiff::Timestamp;
 
 use crate::api::{Phase, WorkItem, labels};
+use crate::core::cycle::{self, ItemCycle};
 use crate::core::phase::effective_phase;
 
 /// (namespace, name)
@@ -205,6 +207,43 @@ impl ItemIndex {
             .unwrap_or_default()
     }
 
+    /// Items that depend on `name` directly or through others, without `name` itself,
+    /// at most `limit` of them, nearest first.
+    pub fn transitive_dependents(&self, namespace: &str, name: &str, limit: usize) -> Vec<String> {
+        let mut seen: HashSet<&str> = HashSet::from([name]);
+        let mut out = Vec::new();
+        let mut todo = VecDeque::from([name.to_owned()]);
+        while let Some(n) = todo.pop_front() {
+            let Some(set) = self.dependents.get(&(namespace.to_owned(), n)) else {
+                continue;
+            };
+            for d in set {
+                if out.len() >= limit {
+                    return out;
+                }
+                if seen.insert(d.as_str()) {
+                    out.push(d.clone());
+                    todo.push_back(d.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// A dependency cycle `name` is on or waits on, looking at no more than `limit`
+    /// items. Only items that themselves wait on dependencies (Pending, or Queued with a
+    /// `dependsOn` the scheduler will look at again) pass a wait on; running, finished and
+    /// unknown items end the walk.
+    pub fn dependency_cycle(&self, namespace: &str, name: &str, limit: usize) -> Option<ItemCycle> {
+        let waits_on = |n: &str| -> &[String] {
+            self.entries
+                .get(&(namespace.to_owned(), n.to_owned()))
+                .filter(|e| matches!(e.phase, Phase::Pending | Phase::Queued))
+                .map_or(&[], |e| e.depends_on.as_slice())
+        };
+        cycle::find(name, waits_on, limit)
+    }
+
     pub fn request_items(&self, namespace: &str, request: &str) -> Vec<String> {
         self.request_items
             .get(&(namespace.to_owned(), request.to_owned()))
@@ -282,6 +321,54 @@ mod tests {
         assert_eq!(idx.request_items("ns", "r").len(), 2);
         idx.remove(&item("b", "q", None, &["a"]));
         assert_eq!(idx.dependents("ns", "a"), vec!["c"]);
+    }
+
+    #[test]
+    fn cycles_are_found_over_waiting_items_only() {
+        let mut idx = ItemIndex::default();
+        idx.apply(&item("a", "q", None, &["b"]));
+        assert_eq!(
+            idx.dependency_cycle("ns", "a", 100),
+            None,
+            "b does not exist"
+        );
+        idx.apply(&item("b", "q", None, &["a"]));
+        idx.apply(&item("c", "q", None, &["a"]));
+        assert!(matches!(
+            idx.dependency_cycle("ns", "b", 100),
+            Some(ItemCycle::On { path }) if path == ["b", "a", "b"]
+        ));
+        assert!(matches!(
+            idx.dependency_cycle("ns", "c", 100),
+            Some(ItemCycle::Behind { .. })
+        ));
+        assert_eq!(
+            idx.dependency_cycle("other", "b", 100),
+            None,
+            "per namespace"
+        );
+        // b running no longer waits on a: nothing is stuck.
+        idx.apply(&item("b", "q", Some("Running"), &["a"]));
+        assert_eq!(idx.dependency_cycle("ns", "a", 100), None);
+        idx.apply(&item("b", "q", Some("Pending"), &["a"]));
+        // Breaking the cycle by editing dependsOn.
+        idx.apply(&item("a", "q", Some("Pending"), &[]));
+        assert_eq!(idx.dependency_cycle("ns", "b", 100), None);
+        assert_eq!(idx.dependency_cycle("ns", "c", 100), None);
+    }
+
+    #[test]
+    fn transitive_dependents_are_bounded_and_exclude_the_start() {
+        let mut idx = ItemIndex::default();
+        idx.apply(&item("a", "q", None, &["b"]));
+        idx.apply(&item("b", "q", None, &["a"]));
+        idx.apply(&item("c", "q", None, &["a"]));
+        idx.apply(&item("d", "q", None, &["c"]));
+        let mut all = idx.transitive_dependents("ns", "a", 100);
+        all.sort();
+        assert_eq!(all, ["b", "c", "d"]);
+        assert_eq!(idx.transitive_dependents("ns", "a", 2).len(), 2);
+        assert!(idx.transitive_dependents("ns", "d", 100).is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::api::{
     WorkQueueSpec,
 };
 use crate::core::admission::{Admission, DEPENDENCY_FAILED, admit};
+use crate::core::cycle::{DEPENDENCY_CYCLE, DEPENDS_ON_CYCLE, ItemCycle};
 use crate::core::phase::{effective_phase, is_fast_path, retention_expires_at};
 use crate::core::retry::{
     AfterAttempt, AfterBackoff, EscalationDecision, after_attempt, after_backoff,
@@ -23,6 +24,13 @@ use crate::core::waiting::{WaitContext, explain};
 /// Condition type set False (reason QueueNotFound or AmbiguousType) while an item
 /// cannot be routed.
 pub const ROUTED: &str = "Routed";
+
+/// Condition type set False (reason DependencyCycle or DependsOnCycle) while an item is
+/// on, or waits on, a dependency cycle among items; the same type a WorkRequest uses for
+/// a cycle in its tasks. Removed when the cycle is broken.
+pub const VALID: &str = "Valid";
+/// Event reason when an item's dependency cycle is gone.
+pub const CYCLE_RESOLVED: &str = "DependencyCycleResolved";
 
 /// How long a claimable item may sit unclaimed before the scheduler writes why it is
 /// waiting. Items that agents pick up sooner never cost that write.
@@ -42,6 +50,9 @@ pub struct ItemView<'a> {
     pub position: Option<(usize, usize)>,
     /// Serialized payload size, measured before the cache dropped the payload.
     pub payload_bytes: usize,
+    /// Looks for a dependency cycle the item is on or waits on. A walk over other
+    /// items, so it is only called for an item that waits on a dependency.
+    pub cycle: &'a (dyn Fn() -> Option<ItemCycle> + Sync),
 }
 
 /// The decision for one item.
@@ -61,6 +72,9 @@ pub struct Plan {
     pub counted: Option<&'static str>,
     /// Dependents must be looked at again (this item finished).
     pub finished: bool,
+    /// The item's dependency-cycle condition was set, changed or removed: the items that
+    /// wait on it, directly or not, must look again, since their verdict runs through it.
+    pub cycle_changed: bool,
 }
 
 fn until(at: Timestamp, now: Timestamp) -> Duration {
@@ -347,20 +361,36 @@ pub fn decide(item: &WorkItem, view: &ItemView<'_>, now: Timestamp, jitter: f64)
             }
         }
         Phase::Pending | Phase::Queued => {
-            if item.spec.cancel {
-                return cancelled(now);
-            }
-            if deadline.is_some_and(|d| d <= now) {
-                return dead_letter(
-                    "DeadlineExceeded",
-                    "the deadline passed before the item could run",
-                    status.attempt,
-                    now,
-                );
-            }
-            if view.payload_bytes > MAX_PAYLOAD_BYTES {
-                let mut m = set_phase(Phase::Failed, now);
-                m.insert(
+            let mut plan = waiting_or_admitted(item, view, policy, deadline, now);
+            drop_cycle_on_leaving(item, &mut plan, now);
+            plan
+        }
+    }
+}
+
+/// Decides for a Pending or Queued item: admit, wait (and say why), or end it.
+fn waiting_or_admitted(
+    item: &WorkItem,
+    view: &ItemView<'_>,
+    policy: &WorkQueueSpec,
+    deadline: Option<Timestamp>,
+    now: Timestamp,
+) -> Plan {
+    let status = item.status.clone().unwrap_or_default();
+    if item.spec.cancel {
+        return cancelled(now);
+    }
+    if deadline.is_some_and(|d| d <= now) {
+        return dead_letter(
+            "DeadlineExceeded",
+            "the deadline passed before the item could run",
+            status.attempt,
+            now,
+        );
+    }
+    if view.payload_bytes > MAX_PAYLOAD_BYTES {
+        let mut m = set_phase(Phase::Failed, now);
+        m.insert(
                     "lastError".into(),
                     error_json(
                         "PayloadTooLarge",
@@ -372,98 +402,96 @@ pub fn decide(item: &WorkItem, view: &ItemView<'_>, now: Timestamp, jitter: f64)
                         now,
                     ),
                 );
+        return Plan {
+            status: Some(m),
+            counted: Some("failed"),
+            finished: true,
+            event: Some(("PayloadTooLarge", "spec.payload is over 64 KiB".into())),
+            ..Plan::default()
+        };
+    }
+    let Route::To(queue) = &view.route else {
+        return explain_plan(item, view, Phase::Pending, now);
+    };
+    let routed = item.spec.queue.as_deref() == Some(queue.as_str())
+        || status.queue.as_deref() == Some(queue.as_str());
+    match admit(
+        &item.spec.depends_on,
+        view.dependency,
+        item.spec.not_before.as_ref().map(|t| t.0),
+        now,
+    ) {
+        Admission::FailDependency { dependency } => {
+            let mut m = set_phase(Phase::Failed, now);
+            m.insert(
+                "lastError".into(),
+                error_json(
+                    DEPENDENCY_FAILED,
+                    Some(format!("dependency {dependency} did not succeed")),
+                    status.attempt,
+                    now,
+                ),
+            );
+            Plan {
+                status: Some(m),
+                event: Some((
+                    DEPENDENCY_FAILED,
+                    format!("dependency {dependency} did not succeed"),
+                )),
+                counted: Some("failed"),
+                finished: true,
+                ..Plan::default()
+            }
+        }
+        Admission::Wait { why } => {
+            let mut plan = explain_plan(item, view, Phase::Pending, now);
+            plan.recheck = why.recheck_at().map(|at| until(at, now));
+            if !routed {
+                plan.status
+                    .get_or_insert_with(Map::new)
+                    .insert("queue".into(), json!(queue));
+                plan.cosmetic = false;
+            }
+            plan
+        }
+        Admission::Admit => {
+            let gated = policy.max_in_flight.map(i64::from);
+            if let Some(max) = gated
+                && item.phase() != Some(Phase::Queued)
+                && view.running_in_queue + view.admitted_in_queue >= max
+            {
+                let mut plan = explain_plan(item, view, Phase::Pending, now);
+                plan.recheck = Some(Duration::from_secs(2));
+                return plan;
+            }
+            let explicit_queued = item.phase() == Some(Phase::Queued);
+            let fast = item.phase().is_none() && is_fast_path(item) && gated.is_none();
+            if explicit_queued || fast {
+                // Already claimable: only explain if it keeps waiting.
+                let waited = item
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(Duration::ZERO, |t| until(now, t.0));
+                if waited < EXPLAIN_AFTER {
+                    return Plan {
+                        recheck: Some(EXPLAIN_AFTER - waited),
+                        ..Plan::default()
+                    };
+                }
                 return Plan {
-                    status: Some(m),
-                    counted: Some("failed"),
-                    finished: true,
-                    event: Some(("PayloadTooLarge", "spec.payload is over 64 KiB".into())),
-                    ..Plan::default()
+                    recheck: Some(EXPLAIN_EVERY),
+                    ..explain_plan(item, view, Phase::Queued, now)
                 };
             }
-            let Route::To(queue) = &view.route else {
-                return explain_plan(item, view, Phase::Pending, now);
-            };
-            let routed = item.spec.queue.as_deref() == Some(queue.as_str())
-                || status.queue.as_deref() == Some(queue.as_str());
-            match admit(
-                &item.spec.depends_on,
-                view.dependency,
-                item.spec.not_before.as_ref().map(|t| t.0),
-                now,
-            ) {
-                Admission::FailDependency { dependency } => {
-                    let mut m = set_phase(Phase::Failed, now);
-                    m.insert(
-                        "lastError".into(),
-                        error_json(
-                            DEPENDENCY_FAILED,
-                            Some(format!("dependency {dependency} did not succeed")),
-                            status.attempt,
-                            now,
-                        ),
-                    );
-                    Plan {
-                        status: Some(m),
-                        event: Some((
-                            DEPENDENCY_FAILED,
-                            format!("dependency {dependency} did not succeed"),
-                        )),
-                        counted: Some("failed"),
-                        finished: true,
-                        ..Plan::default()
-                    }
-                }
-                Admission::Wait { why } => {
-                    let mut plan = explain_plan(item, view, Phase::Pending, now);
-                    plan.recheck = why.recheck_at().map(|at| until(at, now));
-                    if !routed {
-                        plan.status
-                            .get_or_insert_with(Map::new)
-                            .insert("queue".into(), json!(queue));
-                        plan.cosmetic = false;
-                    }
-                    plan
-                }
-                Admission::Admit => {
-                    let gated = policy.max_in_flight.map(i64::from);
-                    if let Some(max) = gated
-                        && item.phase() != Some(Phase::Queued)
-                        && view.running_in_queue + view.admitted_in_queue >= max
-                    {
-                        let mut plan = explain_plan(item, view, Phase::Pending, now);
-                        plan.recheck = Some(Duration::from_secs(2));
-                        return plan;
-                    }
-                    let explicit_queued = item.phase() == Some(Phase::Queued);
-                    let fast = item.phase().is_none() && is_fast_path(item) && gated.is_none();
-                    if explicit_queued || fast {
-                        // Already claimable: only explain if it keeps waiting.
-                        let waited = item
-                            .metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .map_or(Duration::ZERO, |t| until(now, t.0));
-                        if waited < EXPLAIN_AFTER {
-                            return Plan {
-                                recheck: Some(EXPLAIN_AFTER - waited),
-                                ..Plan::default()
-                            };
-                        }
-                        return Plan {
-                            recheck: Some(EXPLAIN_EVERY),
-                            ..explain_plan(item, view, Phase::Queued, now)
-                        };
-                    }
-                    let mut m = set_phase(Phase::Queued, now);
-                    m.insert("queue".into(), json!(queue));
-                    m.insert("waiting".into(), Value::Null);
-                    Plan {
-                        status: Some(m),
-                        counted: Some("admitted"),
-                        recheck: Some(EXPLAIN_AFTER),
-                        ..Plan::default()
-                    }
-                }
+            let mut m = set_phase(Phase::Queued, now);
+            m.insert("queue".into(), json!(queue));
+            m.insert("waiting".into(), Value::Null);
+            Plan {
+                status: Some(m),
+                counted: Some("admitted"),
+                recheck: Some(EXPLAIN_AFTER),
+                ..Plan::default()
             }
         }
     }
@@ -532,9 +560,17 @@ fn explain_plan(item: &WorkItem, view: &ItemView<'_>, phase: Phase, now: Timesta
         .iter()
         .find(|c| c.type_ == "Escalated" && c.status == "True")
         .map(|c| c.reason.as_str());
+    // Only an item that waits on a dependency can wait on a cycle, and only then is the
+    // walk over other items worth its cost.
+    let cycle = if phase == Phase::Pending && unmet.is_some() {
+        (view.cycle)()
+    } else {
+        None
+    };
     let ctx = WaitContext {
         phase,
         unmet_dependency: unmet,
+        cycle: cycle.as_ref(),
         not_before: item.spec.not_before.as_ref().map(|t| t.0),
         retry_at: status.retry_at.as_ref().map(|t| t.0),
         route: &view.route,
@@ -566,19 +602,24 @@ fn explain_plan(item: &WorkItem, view: &ItemView<'_>, phase: Phase, now: Timesta
         recheck: Some(EXPLAIN_EVERY),
         ..Plan::default()
     };
+    let mut conditions = status.conditions.clone();
+    let mut conditions_changed = false;
     if !has_routed_condition(routed_reason) {
-        let mut conditions: Vec<_> = status
-            .conditions
-            .iter()
-            .filter(|c| c.type_ != ROUTED)
-            .cloned()
-            .collect();
+        conditions_changed = true;
+        conditions.retain(|c| c.type_ != ROUTED);
         if let Some(reason) = routed_reason {
-            let message = m
-                .get("waiting")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or(status.waiting.clone())
+            // The routing problem itself, not whatever the item waits on first (a
+            // dependency or a cycle is shown in `waiting` and its own condition).
+            let routing_only = WaitContext {
+                phase: Phase::Pending,
+                unmet_dependency: None,
+                cycle: None,
+                not_before: None,
+                retry_at: None,
+                ..ctx.clone()
+            };
+            let message = explain(&routing_only, now)
+                .map(|w| w.message())
                 .unwrap_or_default();
             conditions.push(Condition {
                 type_: ROUTED.into(),
@@ -590,6 +631,20 @@ fn explain_plan(item: &WorkItem, view: &ItemView<'_>, phase: Phase, now: Timesta
             });
             plan.event = Some((reason, message));
         }
+    }
+    // A cycle is a condition and an Event too, not only the Why column: it never clears
+    // by itself, so `kubectl describe` and alerts must show it.
+    if let Some(event) = sync_cycle_condition(
+        &mut conditions,
+        cycle.as_ref(),
+        item.metadata.generation,
+        now,
+    ) {
+        conditions_changed = true;
+        plan.cycle_changed = true;
+        plan.event = Some(event);
+    }
+    if conditions_changed {
         m.insert("conditions".into(), json!(conditions));
     }
     let cosmetic = !m.contains_key("phase") && !m.contains_key("conditions");
@@ -598,4 +653,317 @@ fn explain_plan(item: &WorkItem, view: &ItemView<'_>, phase: Phase, now: Timesta
         plan.cosmetic = cosmetic;
     }
     plan
+}
+
+/// Sets, replaces or removes the `Valid=False` dependency-cycle condition in
+/// `conditions` to match `cycle`; returns the Event to publish when it changed. A
+/// `Valid` condition with another reason is not the scheduler's and is kept when there
+/// is no cycle.
+fn sync_cycle_condition(
+    conditions: &mut Vec<Condition>,
+    cycle: Option<&ItemCycle>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<(&'static str, String)> {
+    let Some(cycle) = cycle else {
+        let before = conditions.len();
+        conditions.retain(|c| {
+            !(c.type_ == VALID && (c.reason == DEPENDENCY_CYCLE || c.reason == DEPENDS_ON_CYCLE))
+        });
+        return (conditions.len() != before).then(|| {
+            (
+                CYCLE_RESOLVED,
+                "no longer on or waiting on a dependency cycle".to_owned(),
+            )
+        });
+    };
+    let (reason, message) = (cycle.reason(), cycle.message());
+    let old = conditions.iter().find(|c| c.type_ == VALID);
+    if old.is_some_and(|c| c.status == "False" && c.reason == reason && c.message == message) {
+        return None;
+    }
+    // Still False, only a different path: the transition time stays.
+    let since = old
+        .filter(|c| c.status == "False")
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    conditions.retain(|c| c.type_ != VALID);
+    conditions.push(Condition {
+        type_: VALID.into(),
+        status: "False".into(),
+        reason: reason.into(),
+        message: message.clone(),
+        last_transition_time: since,
+        observed_generation: generation,
+    });
+    Some((reason, message))
+}
+
+/// A write that moves an item out of Pending (admitted, failed, cancelled,
+/// dead-lettered) also drops its dependency-cycle condition: only [`explain_plan`] keeps
+/// it, and only for an item that still waits.
+fn drop_cycle_on_leaving(item: &WorkItem, plan: &mut Plan, now: Timestamp) {
+    let Some(m) = plan.status.as_mut() else {
+        return;
+    };
+    let leaving = m.get("phase").is_some_and(|p| *p != json!(Phase::Pending));
+    // explain_plan already decided the conditions when it wrote them.
+    if !leaving || m.contains_key("conditions") {
+        return;
+    }
+    let mut conditions = item
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Some(event) = sync_cycle_condition(&mut conditions, None, item.metadata.generation, now)
+    {
+        m.insert("conditions".into(), json!(conditions));
+        plan.cycle_changed = true;
+        plan.event.get_or_insert(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testutil::t;
+
+    fn item(phase: Option<&str>, deps: &[&str], conditions: Value) -> WorkItem {
+        let mut v = json!({
+            "metadata": {"name": "a", "namespace": "ns", "generation": 1,
+                "creationTimestamp": "2030-01-01T00:00:00Z"},
+            "spec": {"queue": "q", "dependsOn": deps},
+            "status": {"conditions": conditions},
+        });
+        if let Some(p) = phase {
+            v["status"]["phase"] = json!(p);
+        }
+        serde_json::from_value(v).expect("item")
+    }
+
+    fn on_cycle() -> ItemCycle {
+        ItemCycle::On {
+            path: vec!["a".into(), "b".into(), "a".into()],
+        }
+    }
+
+    /// Decides for `wi` whose dependencies are all in `dep`, with `cycle` as the walk's
+    /// answer; also returns how often the walk ran.
+    fn decide_with(wi: &WorkItem, dep: Option<Phase>, cycle: Option<ItemCycle>) -> (Plan, usize) {
+        decide_routed(wi, Route::To("q".into()), dep, cycle)
+    }
+
+    fn decide_routed(
+        wi: &WorkItem,
+        route: Route,
+        dep: Option<Phase>,
+        cycle: Option<ItemCycle>,
+    ) -> (Plan, usize) {
+        let walks = std::sync::atomic::AtomicUsize::new(0);
+        let dependency = move |_: &str| Some(dep);
+        let find = || {
+            walks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cycle.clone()
+        };
+        let view = ItemView {
+            route,
+            queue: None,
+            dependency: &dependency,
+            running_in_queue: 0,
+            admitted_in_queue: 0,
+            pool_serves_queue: true,
+            position: None,
+            payload_bytes: 0,
+            cycle: &find,
+        };
+        let plan = decide(wi, &view, t(10), 0.0);
+        (plan, walks.into_inner())
+    }
+
+    /// `wi` with `plan`'s status merged in, as the API server would store it.
+    fn written(wi: &WorkItem, plan: &Plan) -> WorkItem {
+        let mut v = serde_json::to_value(wi).expect("json");
+        for (k, val) in plan.status.clone().unwrap_or_default() {
+            v["status"][k] = val;
+        }
+        serde_json::from_value(v).expect("item")
+    }
+
+    fn cycle_condition(wi: &WorkItem) -> Option<Condition> {
+        wi.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == VALID)
+            .cloned()
+    }
+
+    #[test]
+    fn a_cycle_is_a_condition_a_why_and_an_event_written_once() {
+        let wi = item(None, &["b"], json!([]));
+        let (plan, walks) = decide_with(&wi, Some(Phase::Pending), Some(on_cycle()));
+        assert_eq!(walks, 1);
+        assert!(!plan.cosmetic, "a condition is not cosmetic");
+        assert!(plan.cycle_changed);
+        let (reason, message) = plan.event.clone().expect("event");
+        assert_eq!(reason, "DependencyCycle");
+        assert_eq!(
+            message,
+            "dependency cycle: a → b → a; remove one of these dependsOn entries"
+        );
+        let wi = written(&wi, &plan);
+        assert_eq!(wi.phase(), Some(Phase::Pending), "stays Pending, fixable");
+        let c = cycle_condition(&wi).expect("Valid condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "DependencyCycle", message.as_str())
+        );
+        assert_eq!(
+            wi.status.as_ref().and_then(|s| s.waiting.as_deref()),
+            Some("dependency cycle: a → b → a")
+        );
+
+        // The same verdict again writes nothing and wakes nobody.
+        let (again, _) = decide_with(&wi, Some(Phase::Pending), Some(on_cycle()));
+        assert_eq!(again.status, None);
+        assert_eq!(again.event, None);
+        assert!(!again.cycle_changed);
+    }
+
+    #[test]
+    fn a_changed_path_replaces_the_condition_and_keeps_its_transition_time() {
+        let wi = item(None, &["b"], json!([]));
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), Some(on_cycle()));
+        let wi = written(&wi, &plan);
+        let since = cycle_condition(&wi)
+            .expect("condition")
+            .last_transition_time;
+        let longer = ItemCycle::On {
+            path: vec!["a".into(), "b".into(), "c".into(), "a".into()],
+        };
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), Some(longer));
+        assert!(plan.cycle_changed);
+        let wi = written(&wi, &plan);
+        let c = cycle_condition(&wi).expect("condition");
+        assert!(c.message.contains("a → b → c → a"), "{}", c.message);
+        assert_eq!(c.last_transition_time, since);
+        let conditions = &wi.status.as_ref().expect("status").conditions;
+        assert_eq!(conditions.iter().filter(|c| c.type_ == VALID).count(), 1);
+    }
+
+    #[test]
+    fn waiting_behind_a_cycle_says_so() {
+        let wi = item(None, &["a"], json!([]));
+        let behind = ItemCycle::Behind {
+            via: vec!["c".into(), "a".into()],
+            cycle: vec!["a".into(), "b".into(), "a".into()],
+        };
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), Some(behind));
+        assert_eq!(plan.event.as_ref().map(|e| e.0), Some("DependsOnCycle"));
+        let wi = written(&wi, &plan);
+        assert_eq!(
+            wi.status.as_ref().and_then(|s| s.waiting.as_deref()),
+            Some("waits on dependency cycle a → b → a")
+        );
+    }
+
+    #[test]
+    fn breaking_the_cycle_clears_the_condition_and_wakes_the_dependents() {
+        let wi = item(None, &["b"], json!([]));
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), Some(on_cycle()));
+        let wi = written(&wi, &plan);
+
+        // Still waiting on b, but b no longer leads back.
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), None);
+        assert!(plan.cycle_changed);
+        assert_eq!(plan.event.as_ref().map(|e| e.0), Some(CYCLE_RESOLVED));
+        let still = written(&wi, &plan);
+        assert_eq!(cycle_condition(&still), None);
+        assert_eq!(
+            still.status.as_ref().and_then(|s| s.waiting.as_deref()),
+            Some("waiting for dependency b")
+        );
+
+        // Or the dependency was dropped (or succeeded): admitted, condition gone with it.
+        let (plan, walks) = decide_with(&wi, Some(Phase::Succeeded), None);
+        assert_eq!(walks, 0, "no walk for an item that does not wait");
+        assert_eq!(plan.counted, Some("admitted"));
+        assert!(plan.cycle_changed);
+        let admitted = written(&wi, &plan);
+        assert_eq!(admitted.phase(), Some(Phase::Queued));
+        assert_eq!(cycle_condition(&admitted), None);
+    }
+
+    #[test]
+    fn cancelling_an_item_on_a_cycle_drops_the_condition() {
+        let wi = item(None, &["b"], json!([]));
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), Some(on_cycle()));
+        let mut wi = written(&wi, &plan);
+        wi.spec.cancel = true;
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), Some(on_cycle()));
+        assert!(plan.cycle_changed);
+        assert_eq!(plan.event.as_ref().map(|e| e.0), Some("Cancelled"));
+        let cancelled = written(&wi, &plan);
+        assert_eq!(cancelled.phase(), Some(Phase::Cancelled));
+        assert_eq!(cycle_condition(&cancelled), None);
+    }
+
+    #[test]
+    fn items_that_do_not_wait_on_a_dependency_are_not_walked() {
+        // No dependencies at all, or a not-before: nothing to walk.
+        let (_, walks) = decide_with(&item(None, &[], json!([])), None, Some(on_cycle()));
+        assert_eq!(walks, 0);
+        let mut later = item(None, &["b"], json!([]));
+        later.spec.not_before = Some(Time(t(100)));
+        let (plan, walks) = decide_with(&later, Some(Phase::Succeeded), Some(on_cycle()));
+        assert_eq!(walks, 0);
+        assert!(!plan.cycle_changed);
+    }
+
+    #[test]
+    fn an_unroutable_item_on_a_cycle_gets_both_conditions() {
+        // The chaos run's case: items on a queue that does not exist.
+        let wi = item(None, &["b"], json!([]));
+        let missing = Route::QueueMissing {
+            queue: "nopool".into(),
+        };
+        let (plan, walks) = decide_routed(&wi, missing, Some(Phase::Pending), Some(on_cycle()));
+        assert_eq!(walks, 1);
+        assert_eq!(plan.event.as_ref().map(|e| e.0), Some("DependencyCycle"));
+        let wi = written(&wi, &plan);
+        let types: Vec<_> = wi
+            .status
+            .as_ref()
+            .expect("status")
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("Routed", "False", "QueueNotFound"),
+                ("Valid", "False", "DependencyCycle")
+            ]
+        );
+        let routed = &wi.status.as_ref().expect("status").conditions[0].message;
+        assert_eq!(
+            routed, "queue nopool not found",
+            "names the routing problem"
+        );
+    }
+
+    #[test]
+    fn a_valid_condition_for_another_reason_is_left_alone() {
+        let other = json!([{"type": "Valid", "status": "False", "reason": "SomethingElse",
+            "message": "not ours", "lastTransitionTime": "2030-01-01T00:00:00Z"}]);
+        let wi = item(Some("Pending"), &["b"], other);
+        let (plan, _) = decide_with(&wi, Some(Phase::Pending), None);
+        assert!(!plan.cycle_changed);
+        let wi = written(&wi, &plan);
+        assert_eq!(
+            cycle_condition(&wi).map(|c| c.reason),
+            Some("SomethingElse".into())
+        );
+    }
 }

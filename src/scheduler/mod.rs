@@ -71,6 +71,12 @@ const POSITIONS_EVERY: Duration = Duration::from_secs(5);
 
 const COSMETIC_PER_SECOND: f64 = 20.0;
 
+/// Most items one dependency-cycle walk looks at, and most dependents one changed
+/// cycle verdict wakes. Cycles are mistakes among hand-applied items, so they are
+/// short; the bound keeps every waiting item of a long healthy chain (a request with
+/// thousands of steps) from walking the whole chain each time it is decided.
+const CYCLE_WALK_LIMIT: usize = 256;
+
 /// Removes what the scheduler never reads from cached items: payloads, results and
 /// managedFields are most of an item's bytes.
 fn slim(item: &mut WorkItem) {
@@ -402,7 +408,12 @@ impl Scheduler {
                 )
             })?
         });
+        let cycle = || {
+            self.lock_index()
+                .dependency_cycle(ns, name, CYCLE_WALK_LIMIT)
+        };
         let view = ItemView {
+            cycle: &cycle,
             route: route.clone(),
             queue: queue.as_ref().map(|q| &q.spec),
             dependency: &dependency,
@@ -535,6 +546,19 @@ impl Scheduler {
                     if let Some((reason, note)) = plan.event {
                         self.publish(item, reason, note).await;
                     }
+                    if plan.cycle_changed {
+                        // Their own events do not wake them: a cycle member's
+                        // dependency never finishes, and an edit elsewhere on the
+                        // cycle is not their change.
+                        let waiting = self.lock_index().transitive_dependents(
+                            &key.0,
+                            &key.1,
+                            CYCLE_WALK_LIMIT,
+                        );
+                        for name in waiting {
+                            self.item_queue.add((key.0.clone(), name));
+                        }
+                    }
                     if plan.clear_redrive {
                         let body = json!({"metadata": {"annotations": {labels::REDRIVE: null}}});
                         if let Err(e) = api
@@ -583,6 +607,8 @@ impl Scheduler {
                 | "AmbiguousType"
                 | "DependencyFailed"
                 | "PayloadTooLarge"
+                | crate::core::cycle::DEPENDENCY_CYCLE
+                | crate::core::cycle::DEPENDS_ON_CYCLE
         );
         let event = event(warning, reason, note, "Schedule");
         if let Err(e) = self.recorder.publish(&event, &item.object_ref(&())).await {

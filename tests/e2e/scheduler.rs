@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -595,4 +597,127 @@ async fn claims_follow_priority_and_aging_lets_low_priority_work_through() {
         "low finished while higher-priority work was still waiting (aging), not after the stream dried up"
     );
     arrivals.abort();
+}
+
+/// The scheduler's dependency-cycle condition on an item (`Valid=False`), if any.
+fn cycle_condition(item: &WorkItem) -> Option<Condition> {
+    item.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Valid" && c.status == "False")
+        .cloned()
+}
+
+fn waiting_of(item: &WorkItem) -> String {
+    item.status
+        .as_ref()
+        .and_then(|s| s.waiting.clone())
+        .unwrap_or_default()
+}
+
+/// Whether an Event about the WorkItem `name` with `reason` was published.
+async fn has_event(ns: &TestNamespace, name: &str, reason: &str) -> bool {
+    let events: Api<Event> = ns.api();
+    events
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .any(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("WorkItem") && r.name.as_deref() == Some(name)
+            }) && e.reason.as_deref() == Some(reason)
+        })
+}
+
+#[tokio::test]
+async fn a_cycle_among_applied_items_is_named_on_each_and_released_when_broken() {
+    let ns = TestNamespace::new("itemcycle").await;
+    let _s = start_scheduler(&ns);
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    // Applied one by one, as kubectl would: the cycle exists only once b arrives.
+    for (name, dep) in [("a", "b"), ("b", "a"), ("c", "a")] {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": name}, "spec": {"queue": "q", "dependsOn": [dep]}}),
+        )
+        .await;
+    }
+    let items: Api<WorkItem> = ns.api();
+    let named = |name: &'static str, reason: &'static str, cycle: &'static str| {
+        let items = items.clone();
+        async move {
+            wait_for(
+                LONG,
+                &format!("{name}: {reason} naming {cycle}"),
+                || async {
+                    let i = items.get(name).await.ok()?;
+                    let c = cycle_condition(&i)?;
+                    (c.reason == reason && c.message.contains(cycle)).then_some((i, c))
+                },
+            )
+            .await
+        }
+    };
+    for (name, path) in [("a", "a → b → a"), ("b", "b → a → b")] {
+        let (item, condition) = named(name, "DependencyCycle", path).await;
+        assert_eq!(
+            condition.message,
+            format!("dependency cycle: {path}; remove one of these dependsOn entries")
+        );
+        assert_eq!(waiting_of(&item), format!("dependency cycle: {path}"));
+        assert_eq!(item.phase(), Some(Phase::Pending), "stays fixable");
+    }
+    let (c, condition) = named("c", "DependsOnCycle", "a → b → a").await;
+    assert!(
+        condition.message.contains("(via c → a)")
+            && condition
+                .message
+                .contains("remove one of the cycle's dependsOn entries"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(waiting_of(&c), "waits on dependency cycle a → b → a");
+    for name in ["a", "b"] {
+        wait_for(
+            LONG,
+            &format!("a DependencyCycle Event on {name}"),
+            || async { has_event(&ns, name, "DependencyCycle").await.then_some(()) },
+        )
+        .await;
+    }
+
+    // Break the cycle: a is released, and so is everything behind it once it is done.
+    items
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dependsOn": []}})),
+        )
+        .await
+        .expect("patch a");
+    let a = wait_phase(&items, "a", Phase::Queued).await;
+    assert_eq!(cycle_condition(&a), None, "a's condition is gone");
+    for name in ["b", "c"] {
+        wait_for(LONG, &format!("{name} to wait for a, no cycle"), || async {
+            let i = items.get(name).await.ok()?;
+            (cycle_condition(&i).is_none() && waiting_of(&i) == "waiting for dependency a")
+                .then_some(())
+        })
+        .await;
+    }
+    wait_for(LONG, "a DependencyCycleResolved Event on b", || async {
+        has_event(&ns, "b", "DependencyCycleResolved")
+            .await
+            .then_some(())
+    })
+    .await;
+    run_attempt(&items, "a", "agent-1", true).await;
+    for name in ["b", "c"] {
+        wait_phase(&items, name, Phase::Queued).await;
+        run_attempt(&items, name, "agent-1", true).await;
+        wait_phase(&items, name, Phase::Succeeded).await;
+    }
 }
