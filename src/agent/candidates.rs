@@ -877,13 +877,7 @@ mod tests {
             }
             for c in caches.iter_mut() {
                 let at = Instant::now();
-                let choice = c.pick(
-                    &HashMap::new(),
-                    1,
-                    t(0),
-                    at,
-                    &mut StdRng::seed_from_u64(2),
-                );
+                let choice = c.pick(&HashMap::new(), 1, t(0), at, &mut StdRng::seed_from_u64(2));
                 match choice {
                     Choice::Claim(p) => {
                         assert_eq!(p.order[0].name, name);

@@ -47,6 +47,10 @@ pub struct ItemView<'a> {
     pub running_in_queue: i64,
     pub admitted_in_queue: i64,
     pub pool_serves_queue: bool,
+    /// Agents claimed an item of this queue in the last few seconds: it is being
+    /// drained, so "position N of M" would change under the reader's eyes and each such
+    /// write would only make agents' cached copies stale (a lost claim for each).
+    pub queue_draining: bool,
     pub position: Option<(usize, usize)>,
     /// Serialized payload size, measured before the cache dropped the payload.
     pub payload_bytes: usize,
@@ -479,6 +483,12 @@ fn waiting_or_admitted(
                         ..Plan::default()
                     };
                 }
+                if view.queue_draining && !has_waiting_note(item) {
+                    return Plan {
+                        recheck: Some(EXPLAIN_AFTER),
+                        ..Plan::default()
+                    };
+                }
                 return Plan {
                     recheck: Some(EXPLAIN_EVERY),
                     ..explain_plan(item, view, Phase::Queued, now)
@@ -495,6 +505,12 @@ fn waiting_or_admitted(
             }
         }
     }
+}
+
+/// Whether the item already shows a "why waiting" note, which must then be kept true
+/// (or cleared) even while its queue drains.
+fn has_waiting_note(item: &WorkItem) -> bool {
+    item.status.as_ref().is_some_and(|s| s.waiting.is_some())
 }
 
 fn cancelled(now: Timestamp) -> Plan {
@@ -759,6 +775,16 @@ mod tests {
         dep: Option<Phase>,
         cycle: Option<ItemCycle>,
     ) -> (Plan, usize) {
+        decide_in(wi, route, dep, cycle, false)
+    }
+
+    fn decide_in(
+        wi: &WorkItem,
+        route: Route,
+        dep: Option<Phase>,
+        cycle: Option<ItemCycle>,
+        queue_draining: bool,
+    ) -> (Plan, usize) {
         let walks = std::sync::atomic::AtomicUsize::new(0);
         let dependency = move |_: &str| Some(dep);
         let find = || {
@@ -772,12 +798,29 @@ mod tests {
             running_in_queue: 0,
             admitted_in_queue: 0,
             pool_serves_queue: true,
+            queue_draining,
             position: None,
             payload_bytes: 0,
             cycle: &find,
         };
         let plan = decide(wi, &view, t(10), 0.0);
         (plan, walks.into_inner())
+    }
+
+    #[test]
+    fn a_queue_being_drained_gets_no_position_notes() {
+        // Fast path, claimable, created 10 s ago: past the explain delay.
+        let wi = item(None, &[], json!([]));
+        let route = || Route::To("q".into());
+        let (plan, _) = decide_in(&wi, route(), None, None, false);
+        assert!(
+            plan.status.is_some(),
+            "an idle queue explains the wait: {plan:?}"
+        );
+        let (plan, _) = decide_in(&wi, route(), None, None, true);
+        assert_eq!(plan.status, None, "no write while agents are claiming");
+        assert_eq!(plan.recheck, Some(EXPLAIN_AFTER), "looks again later");
+        assert!(!has_waiting_note(&wi));
     }
 
     /// `wi` with `plan`'s status merged in, as the API server would store it.

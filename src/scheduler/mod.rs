@@ -62,12 +62,17 @@ pub(crate) struct Scheduler {
     /// (position, of). Ranking is O(n log n) per queue, so it is refreshed at most every
     /// few seconds and only for queues whose items are being explained.
     positions: Mutex<HashMap<Key, RankedQueue>>,
+    /// Per (namespace, queue): when an item of it was last seen claimed.
+    last_claim: Mutex<HashMap<Key, tokio::time::Instant>>,
 }
 
 /// When a queue was last ranked, and each claimable item's (position, of).
 type RankedQueue = (tokio::time::Instant, HashMap<String, (usize, usize)>);
 
 const POSITIONS_EVERY: Duration = Duration::from_secs(5);
+
+/// A queue with a claim this recent is being drained (see `ItemView::queue_draining`).
+const DRAINING_WINDOW: Duration = Duration::from_secs(5);
 
 const COSMETIC_PER_SECOND: f64 = 20.0;
 
@@ -77,8 +82,14 @@ const COSMETIC_PER_SECOND: f64 = 20.0;
 /// thousands of steps) from walking the whole chain each time it is decided.
 const CYCLE_WALK_LIMIT: usize = 256;
 
-/// Removes what the scheduler never reads from cached items: payloads, results and
-/// managedFields are most of an item's bytes.
+/// Removes what the scheduler never reads from cached items, so the cache grows with
+/// the number of items and not with their size: payloads, results and managedFields;
+/// labels and annotations other than Triad's own (`triad.dev/…`: the request label,
+/// the redrive annotation) — a one-entry label map alone is a ~550-byte B-tree node,
+/// and `kubectl apply` keeps a whole copy of the object (payload included) in an
+/// annotation; and the status parts only the agent and supervisor read (progress,
+/// usage, budget extensions, interventions, last error). Nothing is ever written back
+/// from a cached copy: status writes are merge patches of the fields decided on.
 fn slim(item: &mut WorkItem) {
     let bytes = item
         .spec
@@ -86,14 +97,34 @@ fn slim(item: &mut WorkItem) {
         .as_ref()
         .map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()));
     item.spec.payload = None;
-    item.metadata.managed_fields = None;
+    let meta = &mut item.metadata;
+    meta.managed_fields = None;
+    meta.self_link = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    meta.labels = only_triad_keys(meta.labels.take());
+    meta.annotations = only_triad_keys(meta.annotations.take());
     if let Some(status) = item.status.as_mut() {
         status.result = None;
+        status.progress = None;
+        status.usage = Default::default();
+        status.budget_extension = Default::default();
+        status.interventions = Vec::new();
+        status.last_error = None;
     }
     if bytes > crate::api::MAX_PAYLOAD_BYTES {
         item.annotations_mut()
             .insert(PAYLOAD_BYTES.into(), bytes.to_string());
     }
+}
+
+/// The `triad.dev/` entries of a label or annotation map; None when there are none.
+fn only_triad_keys(
+    map: Option<std::collections::BTreeMap<String, String>>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut map = map?;
+    map.retain(|k, _| k.starts_with("triad.dev/"));
+    (!map.is_empty()).then_some(map)
 }
 
 pub async fn run(ctx: RoleContext) -> crate::Result<()> {
@@ -132,6 +163,7 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
         admission: tokio::sync::Mutex::new(()),
         in_transit: Mutex::new(HashSet::new()),
         positions: Mutex::new(Default::default()),
+        last_claim: Mutex::new(Default::default()),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -253,6 +285,19 @@ impl Scheduler {
             watcher::Event::Init => self.lock_index().clear(),
             watcher::Event::InitApply(item) | watcher::Event::Apply(item) => {
                 let change = self.lock_index().apply(&item);
+                if let Some(change) = &change
+                    && change.phase_changed
+                    && item.phase() == Some(Phase::Running)
+                    && let Some(queue) = item.effective_queue()
+                {
+                    self.last_claim
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(
+                            (change.key.0.clone(), queue.to_owned()),
+                            tokio::time::Instant::now(),
+                        );
+                }
                 if let Some(change) = change {
                     self.after_change(change, item.phase().is_some_and(Phase::is_finished));
                 }
@@ -412,7 +457,15 @@ impl Scheduler {
             self.lock_index()
                 .dependency_cycle(ns, name, CYCLE_WALK_LIMIT)
         };
+        let queue_draining = route.queue().is_some_and(|q| {
+            self.last_claim
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(ns.clone(), q.to_owned()))
+                .is_some_and(|at| at.elapsed() < DRAINING_WINDOW)
+        });
         let view = ItemView {
+            queue_draining,
             cycle: &cycle,
             route: route.clone(),
             queue: queue.as_ref().map(|q| &q.spec),
@@ -680,5 +733,84 @@ impl Scheduler {
                 warn!(queue = %name, error = %e, "queue status write failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+
+    #[test]
+    fn slim_keeps_what_the_scheduler_reads_and_drops_the_rest() {
+        let mut item: WorkItem = serde_json::from_value(json!({
+            "apiVersion": "triad.dev/v1alpha1", "kind": "WorkItem",
+            "metadata": {
+                "name": "a", "namespace": "ns", "uid": "u1", "generation": 2,
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+                "labels": {"app": "x", labels::REQUEST: "req", labels::TASK: "t"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                    labels::REDRIVE: "1"
+                },
+                "ownerReferences": [{"apiVersion": "triad.dev/v1alpha1",
+                    "kind": "WorkRequest", "name": "req", "uid": "r1"}],
+                "managedFields": [{"manager": "m"}]
+            },
+            "spec": {"queue": "q", "payload": {"x": "y"}, "dependsOn": ["b"]},
+            "status": {
+                "phase": "Running", "attempt": 2, "result": {"ok": true},
+                "claim": {"agent": "ag", "epoch": 3},
+                "progress": {"percent": 50, "message": "half"},
+                "usage": {"tokens": 5.0}, "budgetExtension": {"tokens": 1.0},
+                "interventions": [{"at": "2025-01-01T00:00:00Z", "monitor": "m",
+                    "reason": "r", "action": "warn"}],
+                "lastError": {"reason": "E", "attempt": 1},
+                "attempts": [{"attempt": 1, "outcome": "Failed"}],
+                "conditions": [{"type": "Stalled", "status": "True", "reason": "R",
+                    "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}]
+            }
+        }))
+        .unwrap();
+        slim(&mut item);
+        let meta = &item.metadata;
+        assert_eq!(meta.uid.as_deref(), Some("u1"));
+        assert_eq!(meta.generation, Some(2));
+        assert!(meta.creation_timestamp.is_some());
+        assert!(meta.managed_fields.is_none());
+        assert_eq!(
+            meta.labels.as_ref().map(|l| l.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![labels::REQUEST.to_owned(), labels::TASK.to_owned()])
+        );
+        assert_eq!(
+            meta.annotations.as_ref().map(|a| a.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![labels::REDRIVE.to_owned()])
+        );
+        assert_eq!(meta.owner_references.as_ref().map(Vec::len), Some(1));
+        assert!(item.spec.payload.is_none());
+        assert_eq!(item.spec.queue.as_deref(), Some("q"));
+        assert_eq!(item.spec.depends_on, vec!["b".to_owned()]);
+        let s = item.status.as_ref().unwrap();
+        assert_eq!(s.phase, Some(Phase::Running));
+        assert_eq!(s.attempt, 2);
+        assert!(s.claim.is_some());
+        assert_eq!(s.attempts.len(), 1);
+        assert_eq!(s.conditions.len(), 1);
+        assert!(s.result.is_none() && s.progress.is_none() && s.last_error.is_none());
+        assert!(s.usage.is_empty() && s.budget_extension.is_empty());
+        assert!(s.interventions.is_empty());
+    }
+
+    #[test]
+    fn slim_drops_empty_maps_and_marks_oversized_payloads() {
+        let mut item: WorkItem = serde_json::from_value(json!({
+            "apiVersion": "triad.dev/v1alpha1", "kind": "WorkItem",
+            "metadata": {"name": "a", "namespace": "ns", "labels": {"bench": "1"}},
+            "spec": {"queue": "q", "payload": "x".repeat(crate::api::MAX_PAYLOAD_BYTES + 1)}
+        }))
+        .unwrap();
+        slim(&mut item);
+        assert!(item.metadata.labels.is_none(), "no Triad label: no map at all");
+        assert!(item.annotations().contains_key(PAYLOAD_BYTES));
+        assert!(item.spec.payload.is_none());
     }
 }
