@@ -52,7 +52,11 @@ pub struct AgentPoolSpec {
     pub queues: Vec<PoolQueue>,
     /// Desired agents when autoscaling is off; the scale subresource writes it, so
     /// `kubectl scale`, HPA and KEDA can drive the pool.
+    // Not nullable in the schema, unlike other `Option`s: the scale subresource refuses
+    // `replicas: null` (what a template renders for an unset value); without `nullable`
+    // the API server prunes the null first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "replicas")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("spec.replicas must be between 0 and 1000"))]
     pub replicas: Option<i32>,
     /// With `maxReplicas` set, Triad scales the pool on queue depth between these.
@@ -79,6 +83,10 @@ pub struct AgentPoolSpec {
     /// template as a condition.
     #[schemars(schema_with = "free_form_object")]
     pub template: serde_json::Value,
+}
+
+fn replicas(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<i32>()
 }
 
 fn default_lease_seconds() -> i32 {

@@ -12,6 +12,14 @@ use super::common::{Counters, default_priority};
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Largest result, serialized, an agent writes back to an item.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024;
+/// RFC 3339 as Triad's `Time` decodes it. The API server's `date-time` format alone also
+/// takes more than nine fraction digits, which the operator then cannot read, and a
+/// lower-case `t`, which the CEL rule below then cannot read.
+const RFC3339: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$";
+/// Times Triad can decode (jiff ends on 9999-12-30). The rule also makes the API server
+/// refuse an array here: for a string with a `format`, its schema check lets arrays through.
+const TIME_RANGE: &str =
+    "self >= timestamp('0001-01-01T00:00:00Z') && self <= timestamp('9999-12-30T00:00:00Z')";
 /// Bounded histories kept in status.
 pub const MAX_ATTEMPT_HISTORY: usize = 10;
 pub const MAX_INTERVENTION_HISTORY: usize = 20;
@@ -96,9 +104,17 @@ pub struct WorkItemSpec {
     pub depends_on: Vec<String>,
     /// Do not run before this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = RFC3339))]
+    #[x_kube(validation = Rule::new(TIME_RANGE).message(
+        "spec.notBefore must be an RFC 3339 time from year 0001 to 9999-12-30, for example 2030-01-01T00:00:00Z"
+    ))]
     pub not_before: Option<Time>,
     /// Give up (DeadLettered, reason DeadlineExceeded) after this time, even with attempts left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = RFC3339))]
+    #[x_kube(validation = Rule::new(TIME_RANGE).message(
+        "spec.deadline must be an RFC 3339 time from year 0001 to 9999-12-30, for example 2030-01-01T00:00:00Z"
+    ))]
     pub deadline: Option<Time>,
     /// Limits per counter (`wallSeconds`, `cpuSeconds`, `tokens`, `cost`, …); missing
     /// counters take the queue's `defaultBudget`.

@@ -296,16 +296,27 @@ pub enum EscalationAction {
     "spec.escalation.toQueue is required when spec.escalation.action is Reroute"
 ))]
 pub struct Escalation {
+    // The enum's own schema, not a nullable one: kube lists a nullable enum without
+    // `null`, so the API server refused `action: null` (what a template renders for an
+    // unset value). Without `nullable`, it prunes the null like any unset field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "escalation_action")]
     pub action: Option<EscalationAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message(
+        "spec.escalation.toQueue must name a WorkQueue"
+    ))]
     pub to_queue: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message(
         "spec.escalation.raisePriority must be between 1 and 1000"
     ))]
     pub raise_priority: Option<i32>,
+}
+
+fn escalation_action(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<EscalationAction>()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -50,6 +50,14 @@ pub struct WorkRequestSpec {
 #[x_kube(validation = Rule::new("has(self.queue) || has(self.type)").message(
     "spec.tasks[].queue or spec.tasks[].type is required"
 ))]
+// Each fan-out item's payload is the task's plus forEach.key, and an item's payload
+// takes at most 256 keys. The schemaless payload is typed only through dyn(), and `in`
+// does not see its keys there, so a key that would replace one of 256 is refused too.
+#[x_kube(validation = Rule::new(
+    "!has(self.forEach) || !has(self.payload) || size(dyn(self.payload)) < 256"
+).message(
+    "spec.tasks[].payload may have at most 255 keys with forEach, which adds forEach.key to each item's payload (256 at most)"
+))]
 pub struct Task {
     /// Unique in the request; lower-case letters, digits and '-'.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$')").message(
@@ -57,11 +65,19 @@ pub struct Task {
     ))]
     #[schemars(length(max = 40))]
     pub name: String,
+    // queue and type take the item's bounds: a request must not plan items that the
+    // API server then refuses.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 63").message(
+        "spec.tasks[].type must be 1 to 63 characters"
+    ))]
     pub type_: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 63").message(
+        "spec.tasks[].queue must be a WorkQueue name of 1 to 63 characters"
+    ))]
     pub queue: Option<String>,
     /// Overrides the request's priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,9 @@
 //!   so a fail line exists to say otherwise. `fail.reason` defaults to `Failed`.
 //! - `message`, `detail` and `reason` are cut to a bounded length; `checkpoint`,
 //!   `rule` and `result` are refused when too long, since cutting would corrupt them.
+//! - `result` is refused when nested deeper than [`MAX_RESULT_DEPTH`]: it is stored in
+//!   the item's status, every role decodes item lists with serde_json (which stops at
+//!   128 levels, counted from the list), and one unreadable item fails the whole list.
 //! - Lines over 64 KiB are refused before parsing.
 
 use std::collections::BTreeMap;
@@ -39,6 +42,8 @@ pub const MAX_REASON: usize = 128;
 pub const MAX_CHECKPOINT: usize = 4096;
 /// Counter and rule names, in bytes (refused beyond): they become map keys and labels.
 pub const MAX_NAME: usize = 63;
+/// Levels of nesting in `result`, the result object being the first (refused beyond).
+pub const MAX_RESULT_DEPTH: usize = 32;
 
 /// What one line reported.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -218,6 +223,13 @@ fn violation(v: &Value) -> Result<ViolationReport, ReportError> {
 
 fn result(v: &Value) -> Result<Value, ReportError> {
     object("result", v)?;
+    let depth = depth(v);
+    if depth > MAX_RESULT_DEPTH {
+        return Err(invalid(
+            "result",
+            format!("nested {depth} levels deep, over the limit of {MAX_RESULT_DEPTH}"),
+        ));
+    }
     let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
     if size > MAX_RESULT_BYTES {
         return Err(invalid(
@@ -228,6 +240,22 @@ fn result(v: &Value) -> Result<Value, ReportError> {
         ));
     }
     Ok(v.clone())
+}
+
+/// Levels of objects and arrays in `v`, counted as serde_json's recursion limit does.
+fn depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 1)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Object(m) => Box::new(m.values()),
+            Value::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        deepest = deepest.max(d);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 fn fail(v: &Value) -> Result<FailReport, ReportError> {
@@ -370,6 +398,21 @@ mod tests {
             parse(&big),
             Err(ReportError::Invalid { key: "result", .. })
         ));
+    }
+
+    #[test]
+    fn results_nested_too_deep_are_refused() {
+        let nested = |levels: usize| {
+            let inner = (1..levels).fold(json!({}), |v, _| json!({ "n": v }));
+            json!({ "result": inner }).to_string()
+        };
+        assert_eq!(depth(&json!({"a": [1, {"b": []}]})), 4);
+        assert!(parse(&nested(MAX_RESULT_DEPTH)).is_ok());
+        let e = parse(&nested(MAX_RESULT_DEPTH + 1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "report line: result: nested 33 levels deep, over the limit of 32"
+        );
     }
 
     #[test]

@@ -4,6 +4,10 @@ mod agent;
 mod api;
 mod chaos;
 mod chart;
+mod crd_fuzz;
+// Shared with the cluster-free `fuzz` test crate.
+#[path = "../fuzz/crd_model.rs"]
+mod crd_model;
 mod execution;
 mod ladder;
 mod pool;
