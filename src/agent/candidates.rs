@@ -460,6 +460,7 @@ impl Cache {
         &mut self,
         skip: &HashMap<String, String>,
         floor_k: usize,
+        defer_step: Duration,
         now: Timestamp,
         at: Instant,
         rng: &mut impl Rng,
@@ -505,8 +506,8 @@ impl Cache {
             let mut now_ready = Vec::new();
             for i in ordering::agent_order(&candidates, &self.me, window, info.aging_seconds, now) {
                 let (name, w) = items[i];
-                let from =
-                    w.seen + ordering::claim_defer(ordering::standing(&self.me, &idle, name));
+                let from = w.seen
+                    + ordering::claim_defer(ordering::standing(&self.me, &idle, name), defer_step);
                 if from <= at {
                     now_ready.push(Target {
                         name: name.to_owned(),
@@ -623,6 +624,8 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    const STEP: Duration = Duration::from_millis(40);
+
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_893_456_000 + s).unwrap()
     }
@@ -689,7 +692,7 @@ mod tests {
     fn pick_now(c: &mut Cache, skip: &HashMap<String, String>, k: usize) -> Choice {
         // Far enough in the future that no defer is pending.
         let later = Instant::now() + Duration::from_secs(60);
-        c.pick(skip, k, t(0), later, &mut StdRng::seed_from_u64(1))
+        c.pick(skip, k, STEP, t(0), later, &mut StdRng::seed_from_u64(1))
     }
 
     #[test]
@@ -773,11 +776,11 @@ mod tests {
         let at = Instant::now() + Duration::from_secs(60);
         let mut rng = StdRng::seed_from_u64(1);
         assert!(matches!(
-            c.pick(&HashMap::new(), 4, t(5), at, &mut rng),
+            c.pick(&HashMap::new(), 4, STEP, t(5), at, &mut rng),
             Choice::Nothing
         ));
         assert!(matches!(
-            c.pick(&HashMap::new(), 4, t(10), at, &mut rng),
+            c.pick(&HashMap::new(), 4, STEP, t(10), at, &mut rng),
             Choice::Claim(_)
         ));
     }
@@ -877,7 +880,14 @@ mod tests {
             }
             for c in caches.iter_mut() {
                 let at = Instant::now();
-                let choice = c.pick(&HashMap::new(), 1, t(0), at, &mut StdRng::seed_from_u64(2));
+                let choice = c.pick(
+                    &HashMap::new(),
+                    1,
+                    STEP,
+                    t(0),
+                    at,
+                    &mut StdRng::seed_from_u64(2),
+                );
                 match choice {
                     Choice::Claim(p) => {
                         assert_eq!(p.order[0].name, name);
@@ -905,11 +915,12 @@ mod tests {
         // Unclaimed after the defer, an item is anyone's.
         let mut c = cache_with("agent-a", &queues, seed);
         c.apply_item(0, Event::Apply(item("late", "q", 1, 999)));
-        let later = Instant::now() + ordering::claim_defer(ordering::MAX_CLAIM_DEFER_STEPS);
+        let later = Instant::now() + ordering::MAX_CLAIM_DEFER;
         assert!(matches!(
             c.pick(
                 &HashMap::new(),
                 1,
+                STEP,
                 t(0),
                 later,
                 &mut StdRng::seed_from_u64(3)
@@ -930,7 +941,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let mut counts: HashMap<String, u32> = HashMap::new();
         for _ in 0..400 {
-            let Choice::Claim(p) = c.pick(&HashMap::new(), 2, t(0), later, &mut rng) else {
+            let Choice::Claim(p) = c.pick(&HashMap::new(), 2, STEP, t(0), later, &mut rng) else {
                 panic!("work exists");
             };
             *counts.entry(p.queue).or_default() += 1;

@@ -211,6 +211,9 @@ impl Agent {
         tracing::info!("caches synced; claiming");
 
         let mut skip: HashMap<String, String> = HashMap::new();
+        // Recent claim round trip (moving average): how long others' claims take to
+        // show up, roughly, and so how long to leave items to the agents ahead.
+        let mut claim_round_trip = Duration::from_millis(10);
         let mut done: u32 = 0;
         let mut idle_since: Option<Instant> = None;
         loop {
@@ -239,6 +242,7 @@ impl Agent {
                 lock(&self.cache).pick(
                     &skip,
                     self.cfg.top_k,
+                    crate::core::ordering::claim_defer_step(claim_round_trip),
                     jiff::Timestamp::now(),
                     Instant::now(),
                     &mut rng,
@@ -286,7 +290,9 @@ impl Agent {
                 // Keep the whole view of this item from now on: its events may arrive
                 // before the claim's response.
                 lock(&self.cache).hold(&name);
+                let sent = Instant::now();
                 let claimed = claim(&self.items, &candidate.as_item(), &self.identity).await;
+                claim_round_trip = (claim_round_trip * 7 + sent.elapsed()) / 8;
                 if claimed.is_err() {
                     lock(&self.cache).release();
                 }

@@ -152,18 +152,26 @@ pub fn standing(me: &str, idle: &[&str], item: &str) -> usize {
 }
 
 /// How long an agent lets each agent ahead of it take an item before it tries itself:
-/// long enough for the owner's claim (one write) to reach the others' watches, so that
-/// idle agents do not all send a claim for each new item.
-pub const CLAIM_DEFER_STEP_MS: u64 = 40;
+/// about the time the owner's claim (one write) takes to reach the others' watches,
+/// which is a few claim round trips. So the agent scales its step with its own
+/// recent claim round trip, within these bounds.
+pub const MIN_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(25);
+pub const MAX_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Agents this far back do not wait longer: the ones ahead are evidently not taking
-/// the item (busy after all, or gone).
-pub const MAX_CLAIM_DEFER_STEPS: usize = 4;
+/// The longest an agent leaves an item to others, whatever its standing.
+pub const MAX_CLAIM_DEFER: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// How long an agent at `standing` waits before trying an item it does not own.
-pub fn claim_defer(standing: usize) -> std::time::Duration {
-    let steps = standing.min(MAX_CLAIM_DEFER_STEPS) as u64;
-    std::time::Duration::from_millis(CLAIM_DEFER_STEP_MS * steps)
+/// The defer step for an agent whose claims recently took `claim_round_trip`.
+pub fn claim_defer_step(claim_round_trip: std::time::Duration) -> std::time::Duration {
+    (claim_round_trip * 3).clamp(MIN_CLAIM_DEFER_STEP, MAX_CLAIM_DEFER_STEP)
+}
+
+/// How long an agent at `standing` waits before trying an item it does not own: one
+/// step per idle agent ahead of it, so that when the owner does not take the item the
+/// next in line does, one at a time, instead of all the others at once.
+pub fn claim_defer(standing: usize, step: std::time::Duration) -> std::time::Duration {
+    let steps = u32::try_from(standing).unwrap_or(u32::MAX);
+    step.saturating_mul(steps).min(MAX_CLAIM_DEFER)
 }
 
 /// How many candidates an agent considers: about two per agent competing for the
@@ -424,11 +432,26 @@ mod tests {
     }
 
     #[test]
-    fn defer_grows_with_standing_and_is_capped() {
-        assert_eq!(claim_defer(0), std::time::Duration::ZERO);
-        assert_eq!(claim_defer(1).as_millis(), u128::from(CLAIM_DEFER_STEP_MS));
-        assert!(claim_defer(2) > claim_defer(1));
-        assert_eq!(claim_defer(MAX_CLAIM_DEFER_STEPS), claim_defer(1000));
+    fn defer_is_one_step_per_agent_ahead_and_bounded() {
+        use std::time::Duration;
+        let step = Duration::from_millis(40);
+        assert_eq!(
+            claim_defer(0, step),
+            Duration::ZERO,
+            "the owner goes at once"
+        );
+        assert_eq!(claim_defer(1, step), step);
+        assert_eq!(claim_defer(7, step), step * 7, "no two agents share a slot");
+        assert_eq!(claim_defer(usize::MAX, step), MAX_CLAIM_DEFER);
+        assert_eq!(claim_defer_step(Duration::ZERO), MIN_CLAIM_DEFER_STEP);
+        assert_eq!(
+            claim_defer_step(Duration::from_millis(20)),
+            Duration::from_millis(60)
+        );
+        assert_eq!(
+            claim_defer_step(Duration::from_secs(9)),
+            MAX_CLAIM_DEFER_STEP
+        );
     }
 
     #[test]
