@@ -1,13 +1,25 @@
-//! The agent's own small decisions, pure: how an attempt ended, and whether the item
-//! we hold asks us to stop.
+//! The agent's own small decisions, pure: how an attempt ended, whether the item we
+//! hold asks us to stop, and when to stop trying to write how it ended.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
+use super::candidates;
 use super::report::ReportState;
 use super::work::Exit;
 use super::writer::Ending;
 use crate::api::{OutcomeKind, WorkItem, find_condition};
 use crate::core::supervision::{StopRequest, conditions, of_current_attempt};
+use crate::k8s::fence::Fence;
+
+/// The reason written when the agent stopped the work because its lease lapsed.
+pub const LEASE_LOST: &str = "LeaseLost";
+
+/// How long a draining agent keeps trying to write an attempt's ending. Before it the
+/// work had `drain` and then at most `DRAIN_KILL_GRACE`: with the defaults (20 s + 5 s)
+/// this keeps the whole drain within a pod's default 30 s grace.
+pub const DRAIN_WRITE_GRACE: Duration = Duration::from_secs(5);
 
 /// The outcome of an attempt whose command exited on its own, and the result to write.
 ///
@@ -103,10 +115,61 @@ pub fn stop_requested(view: &WorkItem) -> Option<Ending> {
     ))
 }
 
+/// The ending to write for an attempt whose work the agent stopped because its lease
+/// lapsed (`lease` is the lease's duration).
+///
+/// A cancel or drain already under way keeps the ending it asked for: the lapse only cut
+/// short a stop that was happening anyway, and the supervisor's or user's wish (retry,
+/// escalate, cancel, release) should still be what the scheduler acts on. Otherwise the
+/// attempt ends `Failed` / `LeaseLost`, retryable. It counts towards `maxAttempts`, like
+/// the supervisor's `LeaseExpired` for the same event seen from outside, so an item whose
+/// work keeps starving its agent still runs out of attempts.
+pub fn lease_lost(asked: Option<Ending>, lease: Duration) -> Ending {
+    asked.unwrap_or_else(|| {
+        Ending::new(
+            OutcomeKind::Failed,
+            LEASE_LOST,
+            format!(
+                "the agent's lease ({}s) lapsed during this attempt, so the agent stopped the work and handed the item back for retry",
+                lease.as_secs()
+            ),
+        )
+    })
+}
+
+/// Why the agent stops trying to write an attempt's ending before it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The watch shows the claim moved on or the item left Running: the fence would
+    /// refuse the write, and whoever moved the item decides what follows.
+    Moved,
+    /// Draining, and the ending's share of the pod's grace is used up. The pod exits,
+    /// its Lease goes stale and the supervisor reclaims the item.
+    Draining,
+}
+
+/// Whether to stop trying to write an attempt's ending: `view` is the freshest watched
+/// copy of the item (if any), `draining_for` how long the agent has been draining.
+/// Neither the lease nor the number of tries is a reason: the fence makes every try
+/// safe, and an ending never written leaves the item Running until the stall monitor.
+pub fn give_up_writing(
+    view: Option<&WorkItem>,
+    fence: &Fence,
+    draining_for: Option<Duration>,
+) -> Option<GiveUp> {
+    if view.is_some_and(|v| candidates::fenced(v, &fence.agent, fence.epoch)) {
+        return Some(GiveUp::Moved);
+    }
+    if draining_for.is_some_and(|d| d >= DRAIN_WRITE_GRACE) {
+        return Some(GiveUp::Draining);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Claim, MAX_RESULT_BYTES, WorkItemSpec, WorkItemStatus};
+    use crate::api::{Claim, MAX_RESULT_BYTES, Phase, WorkItemSpec, WorkItemStatus};
     use jiff::Timestamp;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use serde_json::json;
@@ -234,6 +297,98 @@ mod tests {
         assert_eq!(
             (e.kind, e.reason.as_deref()),
             (OutcomeKind::Cancelled, Some("Cancelled"))
+        );
+    }
+
+    #[test]
+    fn a_lapse_hands_the_item_back_as_a_retryable_failure() {
+        let e = lease_lost(None, Duration::from_secs(6));
+        assert_eq!(
+            (e.kind, e.reason.as_deref()),
+            (OutcomeKind::Failed, Some(LEASE_LOST))
+        );
+        let m = e.message.unwrap();
+        assert!(
+            m.contains("lease (6s) lapsed") && m.contains("retry"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_lapse_keeps_the_ending_a_stop_under_way_asked_for() {
+        let asked = Ending::new(OutcomeKind::Cancelled, "Escalated", "escalate: pii");
+        assert_eq!(
+            lease_lost(Some(asked.clone()), Duration::from_secs(6)),
+            asked
+        );
+        let drained = Ending::new(OutcomeKind::Released, "Drained", "stopping");
+        assert_eq!(
+            lease_lost(Some(drained.clone()), Duration::from_secs(6)),
+            drained
+        );
+    }
+
+    fn claimed(agent: &str, epoch: i64, phase: Phase) -> WorkItem {
+        let mut wi = WorkItem::new("x", WorkItemSpec::default());
+        wi.status = Some(WorkItemStatus {
+            phase: Some(phase),
+            claim: Some(Claim {
+                agent: agent.into(),
+                epoch,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        wi
+    }
+
+    #[test]
+    fn writing_goes_on_while_the_claim_may_still_be_ours() {
+        let fence = Fence {
+            agent: "a".into(),
+            epoch: 3,
+        };
+        let ours = claimed("a", 3, Phase::Running);
+        assert_eq!(give_up_writing(Some(&ours), &fence, None), None);
+        assert_eq!(give_up_writing(None, &fence, None), None, "no view: try");
+        assert_eq!(
+            give_up_writing(Some(&claimed("a", 2, Phase::Queued)), &fence, None),
+            None,
+            "a view from before our claim is no news"
+        );
+        assert_eq!(
+            give_up_writing(Some(&ours), &fence, Some(Duration::from_secs(4))),
+            None,
+            "draining, within the grace"
+        );
+    }
+
+    #[test]
+    fn writing_stops_once_the_item_moved_on_or_the_drain_grace_is_used() {
+        let fence = Fence {
+            agent: "a".into(),
+            epoch: 3,
+        };
+        for moved in [
+            claimed("a", 4, Phase::Running),
+            claimed("b", 4, Phase::Running),
+            claimed("a", 3, Phase::Backoff),
+            claimed("a", 3, Phase::Succeeded),
+        ] {
+            assert_eq!(
+                give_up_writing(Some(&moved), &fence, None),
+                Some(GiveUp::Moved),
+                "{:?}",
+                moved.status
+            );
+        }
+        assert_eq!(
+            give_up_writing(
+                Some(&claimed("a", 3, Phase::Running)),
+                &fence,
+                Some(DRAIN_WRITE_GRACE)
+            ),
+            Some(GiveUp::Draining)
         );
     }
 }

@@ -13,11 +13,14 @@ pub struct OutcomeLabels {
 }
 
 /// How an item ended for this agent, as the `outcome` label says it. Besides the
-/// outcome kinds: `Fenced` (our claim was taken away) and `LeaseLost` (we could not
-/// renew our lease in time and gave the item up).
+/// outcome kinds: `Fenced` (our claim was taken away), `LeaseLost` (we could not renew
+/// our lease in time, stopped the work and handed the item back with a fenced write)
+/// and `Abandoned` (draining, the ending could not be written within the grace; the
+/// supervisor reclaims the item once our lease goes stale).
 pub mod outcome {
     pub const FENCED: &str = "Fenced";
     pub const LEASE_LOST: &str = "LeaseLost";
+    pub const ABANDONED: &str = "Abandoned";
 }
 
 #[derive(Clone)]

@@ -12,9 +12,11 @@
 //! | [`decide`] | pure: how an attempt ended; whether to stop the held item |
 //! | [`metrics`] | the agent's Prometheus families |
 //!
-//! One item at a time. Everything written for a held item is fenced, and nothing is
-//! written once the agent has reason to believe it lost the item (fenced out, or its
-//! lease too old to be sure it was not).
+//! One item at a time. Everything written for a held item is fenced. Once the agent
+//! has reason to believe it may have lost the item (fenced out, or its lease too old
+//! to be sure it was not) it stops the work. It still writes the attempt's ending
+//! after a lapse: the fence, not the lease, is what makes a write safe, and an item
+//! nobody writes an ending for waits Running for the stall monitor.
 
 pub mod candidates;
 pub mod config;
@@ -175,8 +177,24 @@ enum Stop {
     Drain,
     /// The claim is no longer ours: write nothing.
     Fenced,
-    /// The lease is too old to be sure the claim is ours: write nothing.
-    LeaseLost,
+    /// The lease is too old to be sure the claim is ours, so the work must stop (another
+    /// agent may be running the item by now); then the item is handed back with a fenced
+    /// write, ending as a cancel or drain already under way asked (`Some`) or as
+    /// `Failed`/`LeaseLost` (`decide::lease_lost`).
+    LeaseLost(Option<Ending>),
+}
+
+/// What became of an attempt's ending.
+#[derive(Debug)]
+enum Written {
+    /// The API server took it; the kind is what was written (it may differ from the
+    /// ending asked for: a refused completion is recorded as a failure).
+    Accepted(OutcomeKind),
+    /// The fence refused it: the item is no longer ours.
+    Fenced,
+    /// The API server refused the content.
+    Refused,
+    GaveUp(decide::GiveUp),
 }
 
 /// How one item went, for the run loop.
@@ -461,7 +479,13 @@ impl Agent {
                 view = fresh.clone();
             }
             let next = if !self.lease.held_since(self.claim_lapses) {
-                Some(Stop::LeaseLost)
+                // A stop under way keeps the ending it was going to write.
+                let asked = match &stop {
+                    Some(Stop::Cancel(ending)) => Some(ending.clone()),
+                    Some(Stop::Drain) => Some(self.drained()),
+                    _ => None,
+                };
+                Some(Stop::LeaseLost(asked))
             } else if candidates::fenced(
                 &view,
                 &writer.attempt.fence.agent,
@@ -478,11 +502,12 @@ impl Agent {
                     .filter(|d| Instant::now() >= *d)
                     .map(|_| Stop::Drain)
             };
-            // The first reason to stop wins, except that losing the item overrides a
-            // cancel or drain in progress: then nothing may be written at all.
+            // The first reason to stop wins, except that (maybe) losing the item
+            // overrides a cancel or drain in progress: the work must die now, and what
+            // is written afterwards depends on it.
             if let Some(next) = next {
-                let escalate = matches!(next, Stop::Fenced | Stop::LeaseLost)
-                    && !matches!(stop, Some(Stop::Fenced | Stop::LeaseLost));
+                let escalate = matches!(next, Stop::Fenced | Stop::LeaseLost(_))
+                    && !matches!(stop, Some(Stop::Fenced | Stop::LeaseLost(_)));
                 if stop.is_none() || escalate {
                     tracing::info!(item = %name, reason = ?next, "stopping the work");
                     let grace = match next {
@@ -555,23 +580,21 @@ impl Agent {
                 tracing::warn!(item = %name, "the item was taken from this agent; abandoned it");
                 return Handled::Done;
             }
-            Some(Stop::LeaseLost) => {
+            Some(Stop::LeaseLost(asked)) => {
+                // Counted as LeaseLost whatever the hand-back meets: the metric says
+                // how often agents lapse while holding work.
                 self.metrics.item(outcome::LEASE_LOST);
-                tracing::warn!(item = %name, "lease not renewed in time; gave the item up without writing");
+                let ending = decide::lease_lost(asked, self.cfg.lease_duration);
+                let measured = (finished.wall_seconds, finished.cpu_seconds);
+                let written = self
+                    .write_ending(&writer, &ending, None, &reports, Some(&view), measured)
+                    .await;
+                tracing::warn!(item = %name, outcome = ?ending.kind, reason = ?ending.reason, ?written,
+                    "lease not renewed in time: stopped the work and handed the item back");
                 return Handled::Done;
             }
             Some(Stop::Cancel(ending)) => (ending, None),
-            Some(Stop::Drain) => (
-                Ending::new(
-                    OutcomeKind::Released,
-                    "Drained",
-                    format!(
-                        "the agent was stopping and the work did not finish within {:?}",
-                        self.cfg.drain
-                    ),
-                ),
-                None,
-            ),
+            Some(Stop::Drain) => (self.drained(), None),
             None => decide::ending(finished.exit, &reports, &work.last_stderr_line()),
         };
         tracing::info!(item = %name, outcome = ?ending.kind, reason = ?ending.reason, exit = ?finished.exit,
@@ -580,6 +603,18 @@ impl Agent {
         self.finish(&writer, &ending, result, &reports, Some(&view), measured)
             .await;
         Handled::Done
+    }
+
+    /// How an attempt ends that the agent stopped because it is draining.
+    fn drained(&self) -> Ending {
+        Ending::new(
+            OutcomeKind::Released,
+            "Drained",
+            format!(
+                "the agent was stopping and the work did not finish within {:?}",
+                self.cfg.drain
+            ),
+        )
     }
 
     /// The work command cannot even start: give the item back (not the item's fault)
@@ -648,8 +683,7 @@ impl Agent {
         }
     }
 
-    /// Writes how the attempt ended, retrying transient errors while the lease is
-    /// fresh. Once the lease is stale, or the fence refuses, nothing more is written.
+    /// Writes how the attempt ended and counts it.
     async fn finish(
         &self,
         writer: &ItemWriter,
@@ -657,8 +691,39 @@ impl Agent {
         result: Option<serde_json::Value>,
         reports: &ReportState,
         view: Option<&WorkItem>,
-        (wall, cpu): (f64, f64),
+        measured: (f64, f64),
     ) {
+        match self
+            .write_ending(writer, ending, result, reports, view, measured)
+            .await
+        {
+            Written::Accepted(kind) => self.metrics.item(kind_label(kind)),
+            Written::Fenced | Written::GaveUp(decide::GiveUp::Moved) => {
+                self.metrics.item(outcome::FENCED);
+            }
+            Written::GaveUp(decide::GiveUp::Draining) => {
+                self.metrics.item(outcome::ABANDONED);
+            }
+            Written::Refused => {}
+        }
+    }
+
+    /// Writes how the attempt ended, under the fence, until it is accepted, refused, or
+    /// `decide::give_up_writing` says to stop. Transient errors are retried with a
+    /// bounded backoff also after the lease lapsed (an API server outage lapses it):
+    /// the fence's `test` ops let the write land only while the claim is still ours,
+    /// so nobody else can be running this attempt, and a supervisor that fenced us out
+    /// first makes it fail harmlessly.
+    async fn write_ending(
+        &self,
+        writer: &ItemWriter,
+        ending: &Ending,
+        result: Option<serde_json::Value>,
+        reports: &ReportState,
+        view: Option<&WorkItem>,
+        (wall, cpu): (f64, f64),
+    ) -> Written {
+        let name = writer.attempt.name.as_str();
         let usage = usage_with_measured(&reports.usage, wall, cpu);
         let now = crate::k8s::now();
         let progress = (reports.progress != Default::default())
@@ -677,12 +742,40 @@ impl Agent {
             });
         let mut ending = ending.clone();
         let mut result = result;
-        let mut backoff = Duration::from_millis(250);
+        let mut drain = self.drain.clone();
+        let mut drain_open = true;
+        let mut drain_since: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(500);
+        let mut next_try = Instant::now();
         loop {
-            if !self.lease.held_since(self.claim_lapses) {
-                self.metrics.item(outcome::LEASE_LOST);
-                tracing::warn!(item = %writer.attempt.name, "lease not renewed in time; not writing the outcome");
-                return;
+            // Between tries, wake for watch events and the drain signal too, so a
+            // fence-out seen by the watch ends the retrying at once.
+            loop {
+                if self.draining() {
+                    drain_since.get_or_insert_with(Instant::now);
+                }
+                let give_up = {
+                    let cache = lock(&self.cache);
+                    decide::give_up_writing(
+                        cache.get(name),
+                        &writer.attempt.fence,
+                        drain_since.map(|t| t.elapsed()),
+                    )
+                };
+                if let Some(why) = give_up {
+                    tracing::warn!(item = %name, outcome = ?ending.kind, reason = ?why, "stopped trying to write the outcome");
+                    return Written::GaveUp(why);
+                }
+                if Instant::now() >= next_try {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_try.into()) => {}
+                    _ = self.changed.notified() => {}
+                    r = drain.changed(), if drain_open && drain_since.is_none() => {
+                        drain_open = r.is_ok();
+                    }
+                }
             }
             let mut ops = ending_ops(
                 &writer.attempt,
@@ -697,19 +790,15 @@ impl Agent {
                 ops.insert(0, v.clone());
             }
             match tokio::time::timeout(WRITE_TIMEOUT, writer.send(ops)).await {
-                Ok(Ok(_)) => {
-                    self.metrics.item(kind_label(ending.kind));
-                    return;
-                }
+                Ok(Ok(_)) => return Written::Accepted(ending.kind),
                 Ok(Err(FenceError::Fenced)) => {
-                    self.metrics.item(outcome::FENCED);
-                    tracing::warn!(item = %writer.attempt.name, outcome = ?ending.kind, "outcome refused by the fence: the item is no longer ours");
-                    return;
+                    tracing::warn!(item = %name, outcome = ?ending.kind, "outcome refused by the fence: the item is no longer ours");
+                    return Written::Fenced;
                 }
                 Ok(Err(FenceError::Invalid(msg))) if ending.kind == OutcomeKind::Succeeded => {
                     // The API server refused what the command produced (for example a
                     // result it cannot store): say so on the item instead.
-                    tracing::warn!(item = %writer.attempt.name, %msg, "completion refused; recording the failure");
+                    tracing::warn!(item = %name, %msg, "completion refused; recording the failure");
                     ending = Ending::new(
                         OutcomeKind::FailedPermanently,
                         "StatusRejected",
@@ -718,16 +807,16 @@ impl Agent {
                     result = None;
                 }
                 Ok(Err(FenceError::Invalid(msg))) => {
-                    tracing::error!(item = %writer.attempt.name, %msg, outcome = ?ending.kind, "outcome refused by the API server");
-                    return;
+                    tracing::error!(item = %name, %msg, outcome = ?ending.kind, "outcome refused by the API server");
+                    return Written::Refused;
                 }
                 Ok(Err(FenceError::Api(e))) => {
-                    tracing::warn!(item = %writer.attempt.name, error = %e, "writing the outcome failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tracing::warn!(item = %name, error = %e, retry_in = ?backoff, "writing the outcome failed; retrying");
+                    next_try = Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(_) => {
-                    tracing::warn!(item = %writer.attempt.name, "writing the outcome timed out; retrying");
+                    tracing::warn!(item = %name, "writing the outcome timed out; retrying");
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The agent runtime against the real API server: agents run as child processes of the
-//! test (`triad agent -- <command>`), without the pool controller or the scheduler.
+//! test (`triad agent -- <command>`), without the pool controller or the supervisor, and
+//! without the scheduler except where a test shows an attempt's outcome retried.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,9 +14,9 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use triad::api::{Outcome, OutcomeKind, Phase, WorkItem};
+use triad::api::{Outcome, OutcomeKind, Phase, WorkItem, WorkQueue};
 
-use crate::support::{TestNamespace, kubeconfig_path, wait_for};
+use crate::support::{Role, TestNamespace, kubeconfig_path, start_role, wait_for};
 
 /// One agent process; stopped (SIGTERM, then SIGKILL) when dropped. On a failing test
 /// the end of its log is printed.
@@ -804,43 +805,175 @@ async fn mortal_agents_exit_after_their_items_and_exit_policy_when_empty() {
     );
 }
 
+/// Freezes `agent` (SIGSTOP) until the Lease named in `claimed`'s claim has not been
+/// renewed for a whole lease duration (the agent's next renewal then counts as a lapse),
+/// and thaws it.
+async fn freeze_past_lease(ns: &TestNamespace, agent: &Agent, claimed: &WorkItem) {
+    let lease_name = claimed
+        .status
+        .as_ref()
+        .and_then(|s| s.claim.as_ref()?.lease.clone())
+        .expect("claim names its lease");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = ns.api();
+    agent.signal(libc::SIGSTOP);
+    wait_for(
+        Duration::from_secs(30),
+        "the frozen agent's lease to lapse",
+        || async {
+            let spec = leases.get(&lease_name).await.ok()?.spec?;
+            let renewed = spec.renew_time?.0;
+            let duration = i64::from(spec.lease_duration_seconds?);
+            let stale = renewed + jiff::SignedDuration::from_secs(duration);
+            (jiff::Timestamp::now() > stale).then_some(())
+        },
+    )
+    .await;
+    agent.signal(libc::SIGCONT);
+}
+
+/// The scheduler (to act on a failed attempt) and queue `q` retrying after a second.
+async fn retrying_scheduler(ns: &TestNamespace) -> tokio::task::JoinHandle<()> {
+    crate::support::create::<WorkQueue>(
+        ns,
+        json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff": {"baseSeconds": 1, "maxSeconds": 2, "jitterPercent": 0}}}}),
+    )
+    .await;
+    start_role(ns, Role::Scheduler).0
+}
+
+fn succeeded_records(wi: &WorkItem) -> usize {
+    wi.status.as_ref().map_or(0, |s| {
+        s.attempts
+            .iter()
+            .filter(|a| a.outcome == Some(OutcomeKind::Succeeded))
+            .count()
+    })
+}
+
 #[tokio::test]
-async fn an_agent_whose_lease_lapsed_writes_nothing_for_its_item() {
+async fn an_agent_whose_lease_lapsed_hands_its_item_back_for_retry() {
     let ns = TestNamespace::new("agent-lapse").await;
     let api: Api<WorkItem> = ns.api();
     let dir = scratch(&ns);
-    let script = r#"case "$TRIAD_ITEM" in */paused) sleep 2;; esac"#;
+    let _scheduler = retrying_scheduler(&ns).await;
+    let ran = dir.join("ran.log");
+    let ran_s = ran.to_string_lossy().into_owned();
+    // The first attempt outlives the freeze, so it is running when the agent notices
+    // the lapse; later attempts finish at once.
+    let script = r#"echo "$TRIAD_ATTEMPT start" >> "$RAN_LOG"
+[ "$TRIAD_ATTEMPT" = 1 ] && sleep 600
+echo "$TRIAD_ATTEMPT done" >> "$RAN_LOG""#;
     // Lease 6 s: renewals every 2 s, given up after 4.8 s without one.
-    let mut agent = Agent::start(&ns, &dir, "sleepy", &[], &["sh", "-c", script]);
+    let mut agent = Agent::start(
+        &ns,
+        &dir,
+        "sleepy",
+        &[("RAN_LOG", &ran_s)],
+        &["sh", "-c", script],
+    );
     agent.wait_ready().await;
     create(&api, "paused", json!({})).await;
-    wait_item(&api, "paused", Duration::from_secs(20), "claimed", |wi| {
+    let claimed = wait_item(&api, "paused", Duration::from_secs(20), "claimed", |wi| {
         claimed_by(wi) == Some("sleepy")
     })
     .await;
+    wait_for(Duration::from_secs(10), "attempt 1 started", || async {
+        std::fs::read_to_string(&ran)
+            .ok()?
+            .contains("1 start")
+            .then_some(())
+    })
+    .await;
 
-    // The agent freezes past its lease while its work finishes; when it wakes up its
-    // heartbeat may renew at once, but the lapse is remembered: no completion.
-    agent.signal(libc::SIGSTOP);
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    agent.signal(libc::SIGCONT);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let wi = api.get("paused").await.expect("get");
-    assert_eq!(wi.phase(), Some(Phase::Running), "{:?}", wi.status);
-    assert_eq!(outcome(&wi), None, "nothing written after the lapse");
+    // When it wakes its heartbeat may renew at once, but the lapse is remembered: the
+    // agent stops the work and hands the item back with a fenced Failed/LeaseLost
+    // outcome, which the scheduler retries like any failed attempt.
+    freeze_past_lease(&ns, &agent, &claimed).await;
+    let done = wait_item(
+        &api,
+        "paused",
+        Duration::from_secs(60),
+        "Succeeded on a later attempt",
+        |wi| wi.phase() == Some(Phase::Succeeded),
+    )
+    .await;
+    let status = done.status.as_ref().expect("status");
+    assert_eq!(status.attempt, 2, "{status:?}");
+    assert_eq!(
+        claimed_by(&done),
+        Some("sleepy"),
+        "the agent went on working"
+    );
+    let first = status
+        .attempts
+        .iter()
+        .find(|a| a.attempt == 1)
+        .expect("attempt 1 recorded");
+    assert_eq!(
+        (first.outcome, first.reason.as_deref()),
+        (Some(OutcomeKind::Failed), Some("LeaseLost")),
+        "{:?}",
+        status.attempts
+    );
+    assert_eq!(succeeded_records(&done), 1, "{:?}", status.attempts);
+    assert_eq!(outcome(&done).map(|o| o.attempt), Some(2));
+    let log = std::fs::read_to_string(&ran).expect("ran log");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["1 start", "2 start", "2 done"],
+        "attempt 1 was stopped, attempt 2 ran to the end"
+    );
     assert_eq!(
         agent
             .metric("triad_agent_items_total{outcome=\"LeaseLost\"}")
             .await,
         1.0
     );
+}
 
-    create(&api, "after", json!({})).await;
-    let after = wait_item(&api, "after", Duration::from_secs(20), "Succeeded", |wi| {
+#[tokio::test]
+async fn work_that_finished_while_its_agent_was_frozen_is_not_left_running() {
+    let ns = TestNamespace::new("agent-lapse-done").await;
+    let api: Api<WorkItem> = ns.api();
+    let dir = scratch(&ns);
+    let _scheduler = retrying_scheduler(&ns).await;
+    let script = r#"[ "$TRIAD_ATTEMPT" = 1 ] && sleep 2; true"#;
+    let mut agent = Agent::start(&ns, &dir, "sleepy", &[], &["sh", "-c", script]);
+    agent.wait_ready().await;
+    create(&api, "paused", json!({})).await;
+    let claimed = wait_item(&api, "paused", Duration::from_secs(20), "claimed", |wi| {
+        claimed_by(wi) == Some("sleepy")
+    })
+    .await;
+
+    // The work ends during the freeze. On waking the agent sees the exit and the lapse
+    // in either order: the completion is written under the fence (the claim is still
+    // ours), or the attempt is handed back as Failed/LeaseLost and retried. Either way
+    // the item does not stay Running and exactly one completion is accepted.
+    freeze_past_lease(&ns, &agent, &claimed).await;
+    let done = wait_item(&api, "paused", Duration::from_secs(60), "Succeeded", |wi| {
         wi.phase() == Some(Phase::Succeeded)
     })
     .await;
-    assert_eq!(claimed_by(&after), Some("sleepy"));
+    let status = done.status.as_ref().expect("status");
+    assert_eq!(succeeded_records(&done), 1, "{:?}", status.attempts);
+    let lease_lost = agent
+        .metric("triad_agent_items_total{outcome=\"LeaseLost\"}")
+        .await;
+    match status.attempt {
+        1 => assert_eq!(lease_lost, 0.0),
+        2 => {
+            assert_eq!(lease_lost, 1.0);
+            let first = status.attempts.iter().find(|a| a.attempt == 1);
+            assert_eq!(
+                first.and_then(|a| a.reason.as_deref()),
+                Some("LeaseLost"),
+                "{:?}",
+                status.attempts
+            );
+        }
+        n => panic!("attempt {n}: {:?}", status.attempts),
+    }
 }
 
 #[tokio::test]
