@@ -698,7 +698,7 @@ mod tests {
     #[test]
     fn slim_drops_payload_and_history_but_keeps_what_checks_need() {
         let mut wi = item("a", "q", 7, 5);
-        wi.spec.payload = Some(serde_json::json!({"big": "x".repeat(10_000)}));
+        wi.spec.payload = Some(serde_json::json!({"big": "x".repeat(10_000)}).into());
         wi.spec.depends_on = vec!["x".into(), "y".into()];
         wi.status = Some(WorkItemStatus {
             attempt: 2,

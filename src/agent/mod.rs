@@ -36,7 +36,6 @@ use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
-use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use self::candidates::{Choice, SharedCache, lock};
@@ -48,7 +47,7 @@ use self::work::{Launch, ReportDir, ReportTail, Work, usage_with_measured};
 use self::writer::{
     Attempt, Ending, ItemWriter, ending_ops, progress_ops, progress_value, violation_op,
 };
-use crate::api::{LifecycleType, MAX_PAYLOAD_BYTES, OutcomeKind, WorkItem, WorkQueue};
+use crate::api::{LifecycleType, OutcomeKind, WorkItem, WorkQueue};
 use crate::k8s::fence::{AgentIdentity, ClaimError, FenceError, claim};
 
 /// How often the run loop looks at the report file, the lease and the held item.
@@ -373,30 +372,25 @@ impl Agent {
         let name = writer.attempt.name.clone();
         let key = format!("{}/{}", self.cfg.namespace, name);
 
-        let payload = item.spec.payload.clone().unwrap_or_else(|| json!({}));
-        let payload = serde_json::to_string(&payload).unwrap_or_else(|_| "{}".into());
+        // Too large or nested too deep: fails without running.
+        let payload = work::work_input(item.spec.payload.as_ref());
         // From here on only the slim view is kept: the payload lives in `payload` only.
         let mut view = candidates::slim(item);
-        if payload.len() > MAX_PAYLOAD_BYTES {
-            let ending = Ending::new(
-                OutcomeKind::FailedPermanently,
-                "PayloadTooLarge",
-                format!(
-                    "the payload is {} bytes, over the limit of {MAX_PAYLOAD_BYTES} bytes: pass large inputs by reference (for example an object-storage URL)",
-                    payload.len()
-                ),
-            );
-            self.finish(
-                &writer,
-                &ending,
-                None,
-                &ReportState::default(),
-                None,
-                (0.0, 0.0),
-            )
-            .await;
-            return Handled::Done;
-        }
+        let payload = match payload {
+            Ok(payload) => payload,
+            Err(ending) => {
+                self.finish(
+                    &writer,
+                    &ending,
+                    None,
+                    &ReportState::default(),
+                    None,
+                    (0.0, 0.0),
+                )
+                .await;
+                return Handled::Done;
+            }
+        };
 
         let dir = match ReportDir::create(&key, writer.attempt.attempt) {
             Ok(d) => d,

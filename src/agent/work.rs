@@ -18,6 +18,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use super::report::{Line, LineSplitter, ReportState, cut};
+use super::writer::Ending;
+use crate::api::{FreeForm, MAX_PAYLOAD_BYTES, OutcomeKind, PAYLOAD_TOO_DEEP};
 use crate::core::report::MAX_LINE;
 
 /// How the command ended.
@@ -42,6 +44,37 @@ pub struct Launch<'a> {
     pub stdin: Vec<u8>,
     /// Run the command under the guard ([`run_guard`]), this binary re-executed.
     pub guarded: bool,
+}
+
+/// The payload as the work command gets it (JSON text; `{}` when there is none), or the
+/// ending of an item that must not run: one whose payload is over 64 KiB or nested too
+/// deep. Either fails permanently, since running it again would not help.
+pub fn work_input(payload: Option<&FreeForm>) -> Result<String, Ending> {
+    let payload = match payload {
+        None => "{}".to_owned(),
+        Some(FreeForm::Value(v)) => serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+        Some(FreeForm::TooDeep(deep)) => {
+            return Err(Ending::new(
+                OutcomeKind::FailedPermanently,
+                PAYLOAD_TOO_DEEP,
+                format!(
+                    "{}: flatten it or pass it by reference (for example an object-storage URL)",
+                    deep.describe("spec.payload")
+                ),
+            ));
+        }
+    };
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Ending::new(
+            OutcomeKind::FailedPermanently,
+            "PayloadTooLarge",
+            format!(
+                "the payload is {} bytes, over the limit of {MAX_PAYLOAD_BYTES} bytes: pass large inputs by reference (for example an object-storage URL)",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(payload)
 }
 
 /// How the agent re-executes itself as the guard; `/proc/self/exe` keeps working when
@@ -467,6 +500,46 @@ pub fn usage_with_measured(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_input_is_the_payload_or_why_it_must_not_run() {
+        assert_eq!(work_input(None).unwrap(), "{}");
+        let payload = FreeForm::from(serde_json::json!({"a": [1, {"b": "c"}]}));
+        assert_eq!(
+            work_input(Some(&payload)).unwrap(),
+            r#"{"a":[1,{"b":"c"}]}"#
+        );
+
+        let mut deep = serde_json::json!({});
+        for _ in 0..149 {
+            deep = serde_json::json!({"d": deep});
+        }
+        let refused = work_input(Some(&FreeForm::from(deep))).unwrap_err();
+        assert_eq!(refused.kind, OutcomeKind::FailedPermanently);
+        assert_eq!(refused.reason.as_deref(), Some("PayloadTooDeep"));
+        assert_eq!(
+            refused.message.as_deref(),
+            Some(
+                "spec.payload is nested 150 levels deep; the limit is 64: flatten it or pass it by reference (for example an object-storage URL)"
+            )
+        );
+        // What a cached copy keeps is refused the same way.
+        let mut deep = serde_json::json!([]);
+        for _ in 0..69 {
+            deep = serde_json::json!([deep]);
+        }
+        let marker = FreeForm::from(deep).into_marker();
+        assert_eq!(
+            work_input(marker.as_ref()).unwrap_err().reason.as_deref(),
+            Some("PayloadTooDeep")
+        );
+
+        let big = FreeForm::from(serde_json::json!({"blob": "x".repeat(MAX_PAYLOAD_BYTES)}));
+        assert_eq!(
+            work_input(Some(&big)).unwrap_err().reason.as_deref(),
+            Some("PayloadTooLarge")
+        );
+    }
 
     #[test]
     fn stat_line_with_spaces_in_the_name() {

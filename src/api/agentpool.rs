@@ -3,6 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::default_weight;
+use super::freeform::FreeForm;
 use super::workitem::free_form_object;
 
 /// A set of agent pods pulling from weighted queues.
@@ -80,9 +81,9 @@ pub struct AgentPoolSpec {
     pub empty_queue_policy: EmptyQueuePolicy,
     /// Pod template; its first container runs `triad agent -- <work command…>`.
     /// Kept schemaless here so the CRD stays small; the pool controller reports a bad
-    /// template as a condition.
+    /// template as a condition (one nested more than 64 levels deep too).
     #[schemars(schema_with = "free_form_object")]
-    pub template: serde_json::Value,
+    pub template: FreeForm,
 }
 
 fn replicas(g: &mut schemars::SchemaGenerator) -> schemars::Schema {

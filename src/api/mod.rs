@@ -9,15 +9,21 @@
 
 mod agentpool;
 mod common;
+mod freeform;
+mod root;
 mod workitem;
 mod workqueue;
 mod workrequest;
 
 pub use agentpool::*;
 pub use common::*;
+pub use freeform::*;
 pub use workitem::*;
 pub use workqueue::*;
 pub use workrequest::*;
+// By name, so that these shadow the derived root types of the globs above: they decode
+// metadata whatever its depth (see `root`).
+pub use root::{AgentPool, WorkItem, WorkRequest};
 
 use kube::CustomResourceExt;
 

@@ -5,11 +5,17 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{Counters, default_priority};
+use super::freeform::FreeForm;
 
 /// Largest payload, serialized, that Triad accepts on a WorkItem. CEL cannot measure a
 /// free-form object's serialized size, so the API server bounds its shape (keys) and the
 /// scheduler and agents check the bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Deepest payload nesting Triad accepts (see `FreeForm`): deeper payloads still decode,
+/// as a marker, and their items fail with [`PAYLOAD_TOO_DEEP`].
+pub const MAX_PAYLOAD_DEPTH: usize = super::freeform::MAX_FREE_FORM_DEPTH;
+/// The reason an item (or request) with a too-deep payload fails (is refused) with.
+pub const PAYLOAD_TOO_DEEP: &str = "PayloadTooDeep";
 /// Largest result, serialized, an agent writes back to an item.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024;
 /// RFC 3339 as Triad's `Time` decodes it. The API server's `date-time` format alone also
@@ -95,9 +101,12 @@ pub struct WorkItemSpec {
     ))]
     pub priority: i32,
     /// Free-form JSON object handed to the work command on stdin and in `TRIAD_PAYLOAD`.
+    /// At most 64 KiB serialized and nested at most 64 levels deep (objects and arrays);
+    /// an item over either limit fails (reason `PayloadTooLarge` or `PayloadTooDeep`):
+    /// flatten large or deep inputs, or pass them by reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "bounded_free_form_object")]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<FreeForm>,
     /// Names of WorkItems in the same namespace that must succeed before this one runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
@@ -374,7 +383,8 @@ pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::S
     })
 }
 
-impl WorkItem {
+// On the root type Triad decodes with (`api::root`), not the derived one of this module.
+impl super::WorkItem {
     pub fn phase(&self) -> Option<Phase> {
         self.status.as_ref().and_then(|s| s.phase)
     }

@@ -3,6 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::Counters;
+use super::freeform::FreeForm;
 use super::workitem::bounded_free_form_object;
 
 /// What a user asks for; the scheduler decomposes it into owned WorkItems.
@@ -85,9 +86,11 @@ pub struct Task {
         "spec.tasks[].priority must be between 0 and 1000"
     ))]
     pub priority: Option<i32>,
+    /// Each item's payload (with forEach, plus `forEach.key`); nested at most 64 levels
+    /// deep, or the request is refused (`Valid=False`, reason `PayloadTooDeep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "bounded_free_form_object")]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<FreeForm>,
     /// Names of other tasks of this request that must succeed first (all of a fan-out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 40)))]
@@ -106,8 +109,11 @@ pub struct Task {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FanOut {
+    /// One item per value; each value goes under `key` in its item's payload, so it may
+    /// be nested at most 63 levels deep (the payload's 64 less one), or the request is
+    /// refused (`Valid=False`, reason `PayloadTooDeep`).
     #[schemars(schema_with = "free_form_list")]
-    pub values: Vec<serde_json::Value>,
+    pub values: Vec<FreeForm>,
     /// Payload key that receives the value. Default `item`.
     #[serde(default = "default_fan_out_key")]
     #[schemars(length(min = 1, max = 63))]

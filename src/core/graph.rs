@@ -14,7 +14,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::api::{MAX_PAYLOAD_BYTES, Task, WorkItemSpec, WorkRequestSpec, labels};
+use crate::api::{
+    FreeForm, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, PAYLOAD_TOO_DEEP, Task, WorkItemSpec,
+    WorkRequestSpec, labels,
+};
 
 /// Kubernetes object names (DNS-1123 subdomain).
 pub const MAX_NAME: usize = 253;
@@ -42,6 +45,22 @@ pub enum GraphError {
     PayloadNotObject { task: String, key: String },
     #[error("task {task}: payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")]
     PayloadTooLarge { task: String, size: usize },
+    /// `field` is the task's payload or a fan-out value, which goes one level deeper in
+    /// its item's payload and so has a limit one lower.
+    #[error(
+        "task {task}: {field} is nested {depth} levels deep; the limit is {limit}{}: flatten it or pass it by reference (for example an object-storage URL)",
+        if *limit < MAX_PAYLOAD_DEPTH {
+            " (each value goes one level deeper, under forEach.key, in its item's payload)"
+        } else {
+            ""
+        }
+    )]
+    PayloadTooDeep {
+        task: String,
+        field: String,
+        depth: usize,
+        limit: usize,
+    },
     #[error(
         "task {task} depends on {count} items (fan-outs count each value), over the limit of {MAX_DEPENDS_ON}"
     )]
@@ -65,6 +84,7 @@ impl GraphError {
             GraphError::EmptyFanOut { .. } => "EmptyFanOut",
             GraphError::PayloadNotObject { .. } => "InvalidPayload",
             GraphError::PayloadTooLarge { .. } => "PayloadTooLarge",
+            GraphError::PayloadTooDeep { .. } => PAYLOAD_TOO_DEEP,
             GraphError::TooManyDependencies { .. } => "TooManyDependencies",
             GraphError::NameCollision { .. } => "NameCollision",
         }
@@ -228,12 +248,12 @@ pub fn plan(request: &str, spec: &WorkRequestSpec) -> Result<Vec<PlannedItem>, G
             });
         }
         let payloads: Vec<(Option<usize>, Option<serde_json::Value>)> = match &task.for_each {
-            None => vec![(None, task.payload.clone())],
+            None => vec![(None, task_payload(task, i)?.cloned())],
             Some(f) => f
                 .values
                 .iter()
                 .enumerate()
-                .map(|(k, v)| Ok((Some(k), Some(merge(task, &f.key, v)?))))
+                .map(|(k, v)| Ok((Some(k), Some(merge(task, i, &f.key, k, v)?))))
                 .collect::<Result<_, GraphError>>()?,
         };
         for ((index, payload), name) in payloads.into_iter().zip(&names[i]) {
@@ -258,7 +278,7 @@ pub fn plan(request: &str, spec: &WorkRequestSpec) -> Result<Vec<PlannedItem>, G
                     queue: task.queue.clone(),
                     type_: task.type_.clone(),
                     priority: task.priority.unwrap_or(spec.priority),
-                    payload,
+                    payload: payload.map(FreeForm::Value),
                     depends_on: depends_on.clone(),
                     not_before: None,
                     deadline: None,
@@ -271,13 +291,47 @@ pub fn plan(request: &str, spec: &WorkRequestSpec) -> Result<Vec<PlannedItem>, G
     Ok(out)
 }
 
-/// The task's payload with `{key: value}` added (replacing a key of that name).
+/// The payload of task number `i`, unless it is too deep.
+fn task_payload(task: &Task, i: usize) -> Result<Option<&serde_json::Value>, GraphError> {
+    match &task.payload {
+        None => Ok(None),
+        Some(FreeForm::Value(v)) => Ok(Some(v)),
+        Some(FreeForm::TooDeep(deep)) => Err(GraphError::PayloadTooDeep {
+            task: task.name.clone(),
+            field: format!("spec.tasks[{i}].payload"),
+            depth: deep.depth,
+            limit: MAX_PAYLOAD_DEPTH,
+        }),
+    }
+}
+
+/// The payload of task number `i` with `{key: value}` added (replacing a key of that
+/// name), for fan-out value number `k`. The value goes one level deeper than it is, so
+/// it may be nested one level less than a payload.
 fn merge(
     task: &Task,
+    i: usize,
     key: &str,
-    value: &serde_json::Value,
+    k: usize,
+    value: &FreeForm,
 ) -> Result<serde_json::Value, GraphError> {
-    let mut obj = match &task.payload {
+    let value_depth = match value {
+        FreeForm::Value(v) => crate::api::depth(v),
+        FreeForm::TooDeep(deep) => deep.depth,
+    };
+    let limit = MAX_PAYLOAD_DEPTH - 1;
+    let value = match value {
+        FreeForm::Value(v) if value_depth <= limit => v,
+        _ => {
+            return Err(GraphError::PayloadTooDeep {
+                task: task.name.clone(),
+                field: format!("spec.tasks[{i}].forEach.values[{k}]"),
+                depth: value_depth,
+                limit,
+            });
+        }
+    };
+    let mut obj = match task_payload(task, i)? {
         None => serde_json::Map::new(),
         Some(serde_json::Value::Object(m)) => m.clone(),
         Some(_) => {
@@ -378,7 +432,7 @@ mod tests {
     fn fan(name: &str, deps: &[&str], values: Vec<serde_json::Value>) -> Task {
         Task {
             for_each: Some(FanOut {
-                values,
+                values: values.into_iter().map(FreeForm::from).collect(),
                 key: "item".into(),
             }),
             ..task(name, deps)
@@ -515,10 +569,10 @@ mod tests {
     fn plan_expands_fan_out_and_dependencies() {
         let mut b = task("b", &["a"]);
         b.priority = Some(900);
-        b.payload = Some(json!({"mode": "fast"}));
+        b.payload = Some(json!({"mode": "fast"}).into());
         b.budget = BTreeMap::from([("tokens".to_string(), 100.0)]);
         let mut f = fan("f", &["a"], vec![json!("x"), json!({"n": 1}), json!("x")]);
-        f.payload = Some(json!({"mode": "slow", "item": "replaced"}));
+        f.payload = Some(json!({"mode": "slow", "item": "replaced"}).into());
         let join = task("join", &["f", "b"]);
         let spec = request(vec![join, b, f, task("a", &[])]);
         let items = plan("req", &spec).unwrap();
@@ -544,17 +598,17 @@ mod tests {
         assert_eq!(f1.task, "f");
         assert_eq!(
             f1.spec.payload,
-            Some(json!({"mode": "slow", "item": {"n": 1}}))
+            Some(json!({"mode": "slow", "item": {"n": 1}}).into())
         );
         assert_eq!(f1.spec.depends_on, ["req-a"]);
         assert_eq!(
             items[3].spec.payload,
-            Some(json!({"mode": "slow", "item": "x"}))
+            Some(json!({"mode": "slow", "item": "x"}).into())
         );
 
         let b = &items[4];
         assert_eq!(b.spec.priority, 900, "task priority wins");
-        assert_eq!(b.spec.payload, Some(json!({"mode": "fast"})));
+        assert_eq!(b.spec.payload, Some(json!({"mode": "fast"}).into()));
         assert_eq!(b.spec.budget["tokens"], 100.0);
 
         assert_eq!(
@@ -589,7 +643,7 @@ mod tests {
         let mut f = fan("f", &[], vec![json!("v")]);
         f.for_each.as_mut().unwrap().key = "url".into();
         let items = plan("r", &request(vec![f])).unwrap();
-        assert_eq!(items[0].spec.payload, Some(json!({"url": "v"})));
+        assert_eq!(items[0].spec.payload, Some(json!({"url": "v"}).into()));
     }
 
     #[test]
@@ -599,7 +653,7 @@ mod tests {
             GraphError::EmptyFanOut { task: "f".into() }
         );
         let mut f = fan("f", &[], vec![json!(1)]);
-        f.payload = Some(json!([1, 2]));
+        f.payload = Some(json!([1, 2]).into());
         assert_eq!(
             plan("r", &request(vec![f])).unwrap_err().reason(),
             "InvalidPayload"
@@ -609,10 +663,72 @@ mod tests {
     #[test]
     fn plan_refuses_oversized_payloads() {
         let mut f = fan("f", &[], vec![json!("x".repeat(MAX_PAYLOAD_BYTES))]);
-        f.payload = Some(json!({}));
+        f.payload = Some(json!({}).into());
         assert!(matches!(
             plan("r", &request(vec![f])).unwrap_err(),
             GraphError::PayloadTooLarge { .. }
+        ));
+    }
+
+    /// `levels` objects deep.
+    fn nested(levels: usize) -> serde_json::Value {
+        let mut v = json!({});
+        for _ in 1..levels {
+            v = json!({"d": v});
+        }
+        v
+    }
+
+    #[test]
+    fn plan_refuses_payloads_nested_too_deep_naming_the_field() {
+        // A task's own payload: up to 64 levels.
+        let mut t = task("t", &[]);
+        t.payload = Some(nested(MAX_PAYLOAD_DEPTH).into());
+        let items = plan("r", &request(vec![task("a", &[]), t.clone()])).unwrap();
+        assert_eq!(
+            crate::api::depth(items[1].spec.payload.as_ref().unwrap().value().unwrap()),
+            64
+        );
+        t.payload = Some(nested(200).into());
+        let err = plan("r", &request(vec![task("a", &[]), t])).unwrap_err();
+        assert_eq!(err.reason(), "PayloadTooDeep");
+        assert_eq!(
+            err.to_string(),
+            "task t: spec.tasks[1].payload is nested 200 levels deep; the limit is 64: flatten it or pass it by reference (for example an object-storage URL)"
+        );
+
+        // A fan-out value goes one level deeper in its item's payload: up to 63.
+        let f = fan("f", &[], vec![json!(1), nested(MAX_PAYLOAD_DEPTH - 1)]);
+        let items = plan("r", &request(vec![f])).unwrap();
+        assert_eq!(
+            crate::api::depth(items[1].spec.payload.as_ref().unwrap().value().unwrap()),
+            64
+        );
+        for levels in [MAX_PAYLOAD_DEPTH, 150] {
+            let f = fan("f", &[], vec![json!(1), nested(levels)]);
+            let err = plan("r", &request(vec![f])).unwrap_err();
+            assert_eq!(
+                err,
+                GraphError::PayloadTooDeep {
+                    task: "f".into(),
+                    field: "spec.tasks[0].forEach.values[1]".into(),
+                    depth: levels,
+                    limit: 63
+                }
+            );
+            assert!(
+                err.to_string().contains(
+                    "the limit is 63 (each value goes one level deeper, under forEach.key, in its item's payload)"
+                ),
+                "{err}"
+            );
+        }
+        // A too-deep task payload with a fan-out is named as the payload.
+        let mut f = fan("f", &[], vec![json!(1)]);
+        f.payload = Some(nested(100).into());
+        assert!(matches!(
+            plan("r", &request(vec![f])).unwrap_err(),
+            GraphError::PayloadTooDeep { field, .. } if field == "spec.tasks[0].payload"
         ));
     }
 

@@ -13,7 +13,9 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::api::{AgentPool, EmptyQueuePolicy, LifecycleType, labels};
+use crate::api::{
+    AgentPool, EmptyQueuePolicy, FreeForm, LifecycleType, MAX_FREE_FORM_DEPTH, labels,
+};
 
 /// Label on agent pods: a hash of what they were built from, so that pods from an older
 /// template (or older pool settings) are replaced.
@@ -61,7 +63,16 @@ pub fn validate(pool: &AgentPool) -> Result<PodTemplateSpec, TemplateError> {
             ),
         ));
     }
-    parse_template(&pool.spec.template)
+    match &pool.spec.template {
+        FreeForm::Value(template) => parse_template(template),
+        FreeForm::TooDeep(deep) => Err(err(
+            "spec.template",
+            format!(
+                "is nested {} levels deep; the limit is {MAX_FREE_FORM_DEPTH}: flatten it (no pod template needs that much)",
+                deep.depth
+            ),
+        )),
+    }
 }
 
 const HINT: &str = "a PodTemplateSpec whose first container runs `triad agent -- <work command…>`";
@@ -534,7 +545,9 @@ mod tests {
         q.spec.lease_seconds = 60;
         assert_ne!(build(&q, validate(&q).unwrap()).hash, h);
         let mut r = p.clone();
-        r.spec.template["spec"]["containers"][0]["image"] = json!("triad:next");
+        let mut template = good_template();
+        template["spec"]["containers"][0]["image"] = json!("triad:next");
+        r.spec.template = template.into();
         assert_ne!(build(&r, validate(&r).unwrap()).hash, h);
         let mut s = p.clone();
         s.spec.replicas = Some(9);
@@ -639,6 +652,25 @@ mod tests {
             assert_eq!(e.field, field, "{template}: {e}");
             assert!(e.message.contains(words), "{template}: {e}");
         }
+    }
+
+    #[test]
+    fn validation_refuses_a_template_nested_too_deep() {
+        let mut deep = json!({});
+        for _ in 0..100 {
+            deep = json!({"x": deep});
+        }
+        let mut template = good_template();
+        template["metadata"] = json!({"annotations": {"a": "b"}, "deep": deep});
+        let mut p = basic();
+        p.spec.template = template.into();
+        let e = validate(&p).unwrap_err();
+        assert_eq!(e.field, "spec.template");
+        assert!(
+            e.message
+                .contains("nested 103 levels deep; the limit is 64"),
+            "{e}"
+        );
     }
 
     #[test]

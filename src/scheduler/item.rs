@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Map, Value, json};
 
 use crate::api::{
-    AttemptRecord, ItemError, MAX_ATTEMPT_HISTORY, MAX_PAYLOAD_BYTES, OutcomeKind, Phase, WorkItem,
-    WorkQueueSpec,
+    AttemptRecord, FreeForm, ItemError, MAX_ATTEMPT_HISTORY, MAX_PAYLOAD_BYTES, OutcomeKind,
+    PAYLOAD_TOO_DEEP, Phase, WorkItem, WorkQueueSpec,
 };
 use crate::core::admission::{Admission, DEPENDENCY_FAILED, admit};
 use crate::core::cycle::{DEPENDENCY_CYCLE, DEPENDS_ON_CYCLE, ItemCycle};
@@ -411,6 +411,24 @@ fn waiting_or_admitted(
             counted: Some("failed"),
             finished: true,
             event: Some(("PayloadTooLarge", "spec.payload is over 64 KiB".into())),
+            ..Plan::default()
+        };
+    }
+    if let Some(deep) = item.spec.payload.as_ref().and_then(FreeForm::too_deep) {
+        let message = format!(
+            "{}: flatten it or pass it by reference (for example an object-storage URL)",
+            deep.describe("spec.payload")
+        );
+        let mut m = set_phase(Phase::Failed, now);
+        m.insert(
+            "lastError".into(),
+            error_json(PAYLOAD_TOO_DEEP, Some(message.clone()), status.attempt, now),
+        );
+        return Plan {
+            status: Some(m),
+            counted: Some("failed"),
+            finished: true,
+            event: Some((PAYLOAD_TOO_DEEP, message)),
             ..Plan::default()
         };
     }
@@ -1007,6 +1025,50 @@ mod tests {
         assert_eq!(
             cycle_condition(&wi).map(|c| c.reason),
             Some("SomethingElse".into())
+        );
+    }
+
+    /// A WorkItem as the API server sends it, its payload `levels` objects deep.
+    fn item_with_payload_depth(phase: Option<&str>, levels: usize) -> WorkItem {
+        let payload = format!(
+            "{}{{}}{}",
+            r#"{"d":"#.repeat(levels - 1),
+            "}".repeat(levels - 1)
+        );
+        let status = phase.map_or(String::new(), |p| format!(r#","status":{{"phase":"{p}"}}"#));
+        let text = format!(
+            r#"{{"metadata":{{"name":"a","namespace":"ns","creationTimestamp":"2030-01-01T00:00:00Z"}},"spec":{{"queue":"q","payload":{payload}}}{status}}}"#
+        );
+        let mut wi: WorkItem = serde_json::from_str(&text).expect("decodes at any depth");
+        // What the scheduler decides on: its cached copy.
+        super::super::slim(&mut wi);
+        wi
+    }
+
+    #[test]
+    fn a_too_deep_payload_fails_the_item_naming_the_field_and_the_fix() {
+        for phase in [None, Some("Pending"), Some("Queued")] {
+            let wi = item_with_payload_depth(phase, 200);
+            let (plan, _) = decide_with(&wi, None, None);
+            let status = plan.status.clone().expect("a status write");
+            assert_eq!(status["phase"], json!("Failed"), "{phase:?}");
+            let error = &status["lastError"];
+            assert_eq!(error["reason"], json!("PayloadTooDeep"));
+            let message = "spec.payload is nested 200 levels deep; the limit is 64: flatten it or pass it by reference (for example an object-storage URL)";
+            assert_eq!(error["message"], json!(message));
+            assert_eq!(plan.event, Some(("PayloadTooDeep", message.to_owned())));
+            assert_eq!(plan.counted, Some("failed"));
+            assert!(plan.finished);
+        }
+        // At the limit the item runs as usual.
+        let wi = item_with_payload_depth(None, crate::api::MAX_PAYLOAD_DEPTH);
+        assert!(wi.spec.payload.is_none(), "the cache drops a payload");
+        let (plan, _) = decide_with(&wi, None, None);
+        assert!(
+            plan.status
+                .as_ref()
+                .is_none_or(|s| s.get("phase") != Some(&json!("Failed"))),
+            "{plan:?}"
         );
     }
 }

@@ -96,7 +96,12 @@ fn slim(item: &mut WorkItem) {
         .payload
         .as_ref()
         .map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()));
-    item.spec.payload = None;
+    // A too-deep payload stays as its marker (without its text): the item fails on it.
+    item.spec.payload = item
+        .spec
+        .payload
+        .take()
+        .and_then(crate::api::FreeForm::into_marker);
     let meta = &mut item.metadata;
     meta.managed_fields = None;
     meta.self_link = None;
@@ -660,6 +665,7 @@ impl Scheduler {
                 | "AmbiguousType"
                 | "DependencyFailed"
                 | "PayloadTooLarge"
+                | crate::api::PAYLOAD_TOO_DEEP
                 | crate::core::cycle::DEPENDENCY_CYCLE
                 | crate::core::cycle::DEPENDS_ON_CYCLE
         );

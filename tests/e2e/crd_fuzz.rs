@@ -4,9 +4,10 @@
 //! documented bounds (`tests/fuzz/crd_model.rs`).
 //!
 //! Beyond "accepted ⇔ oracle-valid", an accepted object must decode with the
-//! operator's typed client (an object the API stores but Triad cannot read breaks every
-//! list of its kind), and an accepted WorkRequest that the scheduler can plan must plan
-//! items the API server accepts too.
+//! operator's typed client, alone and in a list (an object the API stores but Triad
+//! cannot read breaks every list of its kind; schemaless fields nested too deep decode as
+//! a marker the roles refuse), and an accepted WorkRequest that the scheduler can plan
+//! must plan items the API server accepts too.
 
 use std::time::Instant;
 
@@ -20,7 +21,9 @@ use serde_json::Value;
 use triad::api::{AgentPool, WorkItem, WorkQueue, WorkRequest};
 use triad::core::graph;
 
-use crate::crd_model::{Kind, crd_corpus, generate, planned_item_json, violations};
+use crate::crd_model::{
+    Kind, check_free_forms, crd_corpus, generate, planned_item_json, violations,
+};
 use crate::support::TestNamespace;
 
 /// Dry-run creates in flight at once: enough to keep the test well under its budget on
@@ -62,11 +65,15 @@ async fn dry_run(ns: &TestNamespace, kind: Kind, object: &Value) -> Verdict {
     }
 }
 
-/// Problems with an accepted object: it must decode, and (requests) plan items the API
-/// server accepts.
-async fn check_accepted(ns: &TestNamespace, kind: Kind, stored: &str) -> Vec<String> {
+/// Problems with an accepted object: it must decode (its schemaless fields too deep to
+/// act on as the marker the roles refuse), and (requests) plan items the API server
+/// accepts.
+async fn check_accepted(ns: &TestNamespace, kind: Kind, sent: &Value, stored: &str) -> Vec<String> {
     if let Err(e) = kind.decode(stored) {
         return vec![format!("accepted, but the operator cannot decode it: {e}")];
+    }
+    if let Err(e) = check_free_forms(kind, sent, stored) {
+        return vec![format!("accepted, but {e}")];
     }
     if kind != Kind::WorkRequest {
         return vec![];
@@ -118,7 +125,7 @@ async fn crd_fuzz_corpus_objects_get_their_recorded_verdict() {
                 let mut problems = Vec::new();
                 match dry_run(ns, case.kind, &case.object).await {
                     Verdict::Accepted(stored) if case.valid => {
-                        problems.extend(check_accepted(ns, case.kind, &stored).await);
+                        problems.extend(check_accepted(ns, case.kind, &case.object, &stored).await);
                     }
                     Verdict::Accepted(_) => problems.push(format!(
                         "accepted; expected a refusal naming {:?}",
@@ -186,7 +193,7 @@ async fn crd_fuzz_random_objects_match_the_oracle() {
                             problems
                                 .push(format!("accepted, but the oracle finds {expected:?} wrong"));
                         }
-                        problems.extend(check_accepted(ns, *kind, &stored).await);
+                        problems.extend(check_accepted(ns, *kind, object, &stored).await);
                     }
                     Verdict::Rejected { code, message } => {
                         if code >= 500 {

@@ -8,6 +8,7 @@ mod crd_fuzz;
 // Shared with the cluster-free `fuzz` test crate.
 #[path = "../fuzz/crd_model.rs"]
 mod crd_model;
+mod deep_payload;
 mod execution;
 mod ladder;
 mod pool;

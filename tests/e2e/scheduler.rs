@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue, WorkRequest};
+use triad::api::{FreeForm, OutcomeKind, Phase, WorkItem, WorkQueue, WorkRequest};
 use triad::k8s::fence::{AgentIdentity, Fence, claim, complete_ops, fenced_patch, set};
 
 use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_for};
@@ -118,7 +118,11 @@ async fn a_request_runs_its_graph_in_dependency_order() {
     );
     let fan = items.get("rel-fan-1").await.expect("fan-out item");
     assert_eq!(
-        fan.spec.payload.as_ref().and_then(|p| p.get("part")),
+        fan.spec
+            .payload
+            .as_ref()
+            .and_then(FreeForm::value)
+            .and_then(|p| p.get("part")),
         Some(&json!("y"))
     );
 

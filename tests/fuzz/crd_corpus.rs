@@ -5,12 +5,13 @@
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use triad::api::WorkRequest;
+use triad::api::{MAX_PAYLOAD_DEPTH, WorkRequest};
 use triad::core::graph;
 
 use crate::config;
 use crate::crd_model::{
-    self, Kind, as_stored, crd_corpus, generate, planned_item_json, violations,
+    self, Kind, as_stored, check_free_forms, crd_corpus, free_form_depths, generate,
+    planned_item_json, violations,
 };
 
 #[test]
@@ -31,6 +32,8 @@ fn every_crd_corpus_object_gets_the_oracle_verdict() {
             as_stored(&mut object);
             if let Err(e) = case.kind.decode(&object.to_string()) {
                 failures.push(format!("{}: valid but does not decode: {e}", case.file));
+            } else if let Err(e) = check_free_forms(case.kind, &case.object, &object.to_string()) {
+                failures.push(format!("{}: {e}", case.file));
             }
         }
     }
@@ -119,25 +122,69 @@ proptest! {
             if !violations(kind, &object).is_empty() {
                 continue;
             }
+            let sent = object.clone();
             as_stored(&mut object);
             if let Err(e) = kind.decode(&object.to_string()) {
                 prop_assert!(false, "{kind:?} is oracle-valid but does not decode: {e}\n{object}");
             }
+            if let Err(e) = check_free_forms(kind, &sent, &object.to_string()) {
+                prop_assert!(false, "{kind:?}: {e}");
+            }
             if kind == Kind::WorkRequest {
                 let request: WorkRequest =
                     serde_json::from_value(object.clone()).expect("decoded above");
-                if let Ok(items) = graph::plan("fuzz", &request.spec) {
-                    for item in &items {
-                        let found = violations(Kind::WorkItem, &planned_item_json(item));
-                        prop_assert!(
-                            found.is_empty(),
-                            "planned item {} invalid: {found:?}\n{object}",
-                            item.name
-                        );
+                let too_deep = free_form_depths(kind, &sent).iter().any(|(path, depth)| {
+                    *depth > MAX_PAYLOAD_DEPTH - usize::from(path.contains("forEach"))
+                });
+                match graph::plan("fuzz", &request.spec) {
+                    Ok(items) => {
+                        prop_assert!(!too_deep, "a too-deep request planned items");
+                        for item in &items {
+                            let found = violations(Kind::WorkItem, &planned_item_json(item));
+                            prop_assert!(
+                                found.is_empty(),
+                                "planned item {} invalid: {found:?}\n{object}",
+                                item.name
+                            );
+                            // And the scheduler would run it, not fail it for depth.
+                            let depth = item
+                                .spec
+                                .payload
+                                .as_ref()
+                                .map_or(0, |p| p.value().map_or(usize::MAX, triad::api::depth));
+                            prop_assert!(depth <= MAX_PAYLOAD_DEPTH, "planned item {} is {depth} deep", item.name);
+                        }
                     }
+                    Err(e) if too_deep => {
+                        // Other refusals may come first; a depth refusal names a field.
+                        if let graph::GraphError::PayloadTooDeep { field, .. } = &e {
+                            prop_assert!(e.to_string().contains(field.as_str()));
+                        }
+                    }
+                    Err(e) => prop_assert!(
+                        e.reason() != "PayloadTooDeep",
+                        "refused for depth, but no field is too deep: {e}"
+                    ),
                 }
             }
         }
+    }
+}
+
+/// The generator nests schemaless fields beyond the operator's limit and beyond
+/// serde_json's, or the decoding checks above prove little.
+#[test]
+fn the_generator_nests_schemaless_fields_deep() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for kind in [Kind::WorkItem, Kind::WorkRequest, Kind::AgentPool] {
+        let deepest = (0..400)
+            .flat_map(|i| free_form_depths(kind, &generate(&mut rng, kind, &format!("g-{i}"))))
+            .map(|(_, depth)| depth)
+            .max();
+        assert!(
+            deepest.is_some_and(|d| d >= 130),
+            "{kind:?}: deepest {deepest:?}"
+        );
     }
 }
 

@@ -10,6 +10,12 @@
 //! read (`notBefore: 9999-12-31T23:59:59Z` is outside jiff's range) and what would make
 //! a valid request plan invalid items (an empty `tasks[].queue`).
 //!
+//! Schemaless fields (payloads, fan-out values, a pool's template) are the exception the
+//! operator handles instead: the API server cannot bound their depth, so it takes them
+//! nested to any depth, and the operator decodes them at any depth too, taking one nested
+//! more than 64 levels as a marker that it refuses with a message (`check_free_forms`).
+//! The generator nests them around both that limit and serde_json's 128.
+//!
 //! Shared by the offline `fuzz` test crate and the `e2e` crate; each uses part of it.
 #![allow(dead_code)]
 
@@ -46,16 +52,134 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Decodes an object as the operator's typed client would.
+    /// Decodes an object as the operator's typed client would: alone (a get, a patch's
+    /// answer) and as an item of a list (a list or a watch's initial page, which decode
+    /// from the list's root, two levels further from the object's deepest value).
     pub fn decode(self, json: &str) -> Result<(), String> {
         use triad::api::{AgentPool, WorkItem, WorkQueue, WorkRequest};
+        let list =
+            format!(r#"{{"apiVersion":"v1","kind":"List","metadata":{{}},"items":[{json}]}}"#);
+        fn both<K: serde::de::DeserializeOwned + Clone>(
+            json: &str,
+            list: &str,
+        ) -> Result<(), serde_json::Error> {
+            serde_json::from_str::<K>(json)?;
+            serde_json::from_str::<kube::core::ObjectList<K>>(list).map(drop)
+        }
         let r = match self {
-            Kind::WorkItem => serde_json::from_str::<WorkItem>(json).map(drop),
-            Kind::WorkRequest => serde_json::from_str::<WorkRequest>(json).map(drop),
-            Kind::WorkQueue => serde_json::from_str::<WorkQueue>(json).map(drop),
-            Kind::AgentPool => serde_json::from_str::<AgentPool>(json).map(drop),
+            Kind::WorkItem => both::<WorkItem>(json, &list),
+            Kind::WorkRequest => both::<WorkRequest>(json, &list),
+            Kind::WorkQueue => both::<WorkQueue>(json, &list),
+            Kind::AgentPool => both::<AgentPool>(json, &list),
         };
         r.map_err(|e| e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Schemaless fields
+// ---------------------------------------------------------------------------------
+
+/// `levels` nested objects: `{"d": {"d": … {}}}` (`{}` is one level).
+pub fn nested(levels: usize) -> Value {
+    let mut v = json!({});
+    for _ in 1..levels {
+        v = json!({"d": v});
+    }
+    v
+}
+
+/// The schemaless fields of an object as sent (present, not null), with how deep each
+/// is nested, by path.
+pub fn free_form_depths(kind: Kind, obj: &Value) -> Vec<(String, usize)> {
+    let spec = present(obj.as_object(), "spec").and_then(Value::as_object);
+    let mut out = Vec::new();
+    match kind {
+        Kind::WorkItem => {
+            if let Some(p) = present(spec, "payload") {
+                out.push(("spec.payload".to_string(), triad::api::depth(p)));
+            }
+        }
+        Kind::WorkRequest => {
+            let tasks = present(spec, "tasks").and_then(Value::as_array);
+            for (i, t) in tasks.into_iter().flatten().enumerate() {
+                if let Some(p) = present(t.as_object(), "payload") {
+                    out.push((format!("spec.tasks[{i}].payload"), triad::api::depth(p)));
+                }
+                let values = present(t.as_object(), "forEach")
+                    .and_then(|f| present(f.as_object(), "values"))
+                    .and_then(Value::as_array);
+                for (k, v) in values.into_iter().flatten().enumerate() {
+                    out.push((
+                        format!("spec.tasks[{i}].forEach.values[{k}]"),
+                        triad::api::depth(v),
+                    ));
+                }
+            }
+        }
+        Kind::AgentPool => {
+            if let Some(t) = present(spec, "template") {
+                out.push(("spec.template".to_string(), triad::api::depth(t)));
+            }
+        }
+        Kind::WorkQueue => {}
+    }
+    out
+}
+
+/// The schemaless fields as the operator decoded them: a value (None) or the too-deep
+/// marker with the depth it measured.
+pub fn decoded_free_forms(kind: Kind, json: &str) -> Result<Vec<(String, Option<usize>)>, String> {
+    use triad::api::{AgentPool, FreeForm, WorkItem, WorkRequest};
+    let marker = |f: &FreeForm| f.too_deep().map(|d| d.depth);
+    let mut out = Vec::new();
+    match kind {
+        Kind::WorkItem => {
+            let item: WorkItem = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            if let Some(p) = &item.spec.payload {
+                out.push(("spec.payload".to_string(), marker(p)));
+            }
+        }
+        Kind::WorkRequest => {
+            let request: WorkRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            for (i, t) in request.spec.tasks.iter().enumerate() {
+                if let Some(p) = &t.payload {
+                    out.push((format!("spec.tasks[{i}].payload"), marker(p)));
+                }
+                for (k, v) in t.for_each.iter().flat_map(|f| &f.values).enumerate() {
+                    out.push((format!("spec.tasks[{i}].forEach.values[{k}]"), marker(v)));
+                }
+            }
+        }
+        Kind::AgentPool => {
+            let pool: AgentPool = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            out.push(("spec.template".to_string(), marker(&pool.spec.template)));
+        }
+        Kind::WorkQueue => {}
+    }
+    Ok(out)
+}
+
+/// Every schemaless field of `sent` decodes from `stored` (what the API server keeps of
+/// it) as a value when it is nested at most 64 levels deep, and otherwise as the
+/// too-deep marker with its exact depth, which the roles refuse.
+pub fn check_free_forms(kind: Kind, sent: &Value, stored: &str) -> Result<(), String> {
+    let want: Vec<(String, Option<usize>)> = free_form_depths(kind, sent)
+        .into_iter()
+        .map(|(path, depth)| {
+            (
+                path,
+                (depth > triad::api::MAX_FREE_FORM_DEPTH).then_some(depth),
+            )
+        })
+        .collect();
+    let got = decoded_free_forms(kind, stored)?;
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "schemaless fields decode as {got:?}, expected {want:?} (None: a value; Some(depth): too deep)"
+        ))
     }
 }
 
@@ -97,7 +221,18 @@ pub fn crd_corpus() -> Vec<CorpusObject> {
             let mut valid = None;
             let mut error = String::new();
             let mut plan = None;
+            let mut deepen = Vec::new();
             for line in text.lines().take_while(|l| l.starts_with('#')) {
+                if let Some(rest) = line.strip_prefix("# deepen: ") {
+                    let (pointer, levels) = rest
+                        .trim()
+                        .rsplit_once(' ')
+                        .unwrap_or_else(|| panic!("{file}: deepen: <JSON pointer> <levels>"));
+                    let levels: usize = levels
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{file}: deepen levels: {e}"));
+                    deepen.push((pointer.to_string(), levels));
+                }
                 if let Some(rest) = line.strip_prefix("# expect: ") {
                     let (verdict, msg) = rest.split_once(" | ").unwrap_or((rest, ""));
                     valid = Some(match verdict.trim() {
@@ -115,8 +250,15 @@ pub fn crd_corpus() -> Vec<CorpusObject> {
                 valid || !error.is_empty(),
                 "{file}: an invalid object names the message substring"
             );
-            let object: Value =
+            let mut object: Value =
                 serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"));
+            // Deeper than a YAML (or JSON) parser's recursion limit: built here.
+            for (pointer, levels) in deepen {
+                *object
+                    .pointer_mut(&pointer)
+                    .unwrap_or_else(|| panic!("{file}: deepen: nothing at {pointer}")) =
+                    nested(levels);
+            }
             let kind = object
                 .get("kind")
                 .and_then(Value::as_str)
@@ -1039,10 +1181,28 @@ impl<R: Rng> Gen<'_, R> {
         }
     }
 
-    /// A free-form object with 0 to 257 keys. Nesting stays shallow: payloads nested
-    /// deeper than serde_json's recursion limit are a known, separate problem (see
-    /// docs/design-notes.md, "Fuzzing").
+    /// Nesting depths around the operator's limit (64) and beyond serde_json's (128,
+    /// counted from the root of a list), for schemaless fields.
+    fn deep_levels(&mut self) -> usize {
+        *[2usize, 63, 64, 65, 100, 126, 130, 200]
+            .choose(self.rng)
+            .expect("non-empty")
+    }
+
+    /// A free-form object with 0 to 257 keys; sometimes nested deep (see `deep_levels`).
     fn free_object(&mut self) -> Value {
+        let mut object = self.shallow_free_object();
+        if let Value::Object(m) = &mut object
+            && self.maybe(0.1)
+        {
+            let levels = self.deep_levels();
+            let key = m.keys().next().cloned().unwrap_or_else(|| "deep".into());
+            m.insert(key, nested(levels - 1));
+        }
+        object
+    }
+
+    fn shallow_free_object(&mut self) -> Value {
         if self.bad() && self.maybe(0.3) {
             return self.wrong_type();
         }
@@ -1182,7 +1342,11 @@ impl<R: Rng> Gen<'_, R> {
             } else {
                 self.rng.random_range(1..=4)
             };
-            let values: Vec<Value> = (0..n).map(|_| self.json_value(2)).collect();
+            let mut values: Vec<Value> = (0..n).map(|_| self.json_value(2)).collect();
+            if !values.is_empty() && self.maybe(0.1) {
+                let k = self.rng.random_range(0..values.len());
+                values[k] = nested(self.deep_levels());
+            }
             let key = if self.maybe(0.5) {
                 Some(self.text(1, 63))
             } else {
@@ -1364,6 +1528,9 @@ impl<R: Rng> Gen<'_, R> {
         let policy = self.enumerated(&["Wait", "Exit", "ScaleDown"]);
         let template = if self.bad() {
             self.wrong_type()
+        } else if self.maybe(0.1) {
+            let levels = self.deep_levels();
+            json!({"deep": nested(levels - 1), "spec": {"containers": [{"name": "agent", "image": "triad"}]}})
         } else {
             json!({"spec": {"containers": [{"name": "agent", "image": "triad"}]}})
         };
