@@ -61,6 +61,9 @@ const MAX_CONDITION_MESSAGE: usize = 256;
 /// same items (see [`ordering::standing`]); one not seen for longer is presumed gone.
 const PEER_TTL: Duration = Duration::from_secs(60);
 
+/// Most candidates one pick hands the run loop.
+const READY_PER_PICK: usize = 4;
+
 /// Strips everything the fence and cancel checks of a held item do not read.
 pub fn slim(mut item: WorkItem) -> WorkItem {
     let meta = &mut item.metadata;
@@ -443,6 +446,19 @@ impl Cache {
         idle
     }
 
+    /// Whether the cache shows `name` changed since `resource_version` (claimed by
+    /// someone, finished, updated) — after a lost claim, that our view has caught up.
+    pub fn moved_past(&self, name: &str, resource_version: &str) -> bool {
+        let mut present = false;
+        for entry in self.stores.iter().filter_map(|s| s.items.get(name)) {
+            present = true;
+            if newer_version(Some(entry.resource_version()), Some(resource_version)) {
+                return true;
+            }
+        }
+        !present
+    }
+
     /// How many agents compete for this agent's queues, itself included.
     #[cfg(test)]
     fn peer_count(&self) -> usize {
@@ -505,6 +521,11 @@ impl Cache {
                 .collect();
             let mut now_ready = Vec::new();
             for i in ordering::agent_order(&candidates, &self.me, window, info.aging_seconds, now) {
+                // The run loop stops at its first win or loss; a few are plenty, and
+                // ranking the idle agents for the rest is work done on every event.
+                if now_ready.len() >= READY_PER_PICK {
+                    break;
+                }
                 let (name, w) = items[i];
                 let from = w.seen
                     + ordering::claim_defer(ordering::standing(&self.me, &idle, name), defer_step);
@@ -967,6 +988,19 @@ mod tests {
             panic!("claimable");
         };
         assert_eq!(&*p.order[0].waiting.resource_version, "10");
+    }
+
+    #[test]
+    fn a_lost_claim_is_caught_up_on_once_the_winner_shows() {
+        let queues = qs(&[("q", 1)]);
+        let mut c = cache_with("me", &queues, vec![item("a", "q", 1, 5)]);
+        assert!(!c.moved_past("a", "5"), "still the version we lost on");
+        c.apply_item(
+            1,
+            Event::Apply(with_phase(item("a", "q", 1, 7), Phase::Running, Some("x"))),
+        );
+        assert!(c.moved_past("a", "5"), "the winner's claim arrived");
+        assert!(c.moved_past("gone", "5"), "not in the cache at all");
     }
 
     #[test]

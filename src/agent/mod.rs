@@ -334,6 +334,11 @@ impl Agent {
                         // again at this version, and choose again from the freshest
                         // cache rather than from this now-stale order.
                         self.metrics.claim_conflicts.inc();
+                        // Our cache was behind the API server. Choosing again at once
+                        // would pick from the same stale view (more lost claims, each a
+                        // refused write); wait briefly for it to show the winner.
+                        let step = crate::core::ordering::claim_defer_step(claim_round_trip);
+                        self.catch_up(&name, &rv, step * 2).await;
                         skip.insert(name, rv);
                         break;
                     }
@@ -347,6 +352,18 @@ impl Agent {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits until the cache shows `name` past `resource_version`, at most `limit`.
+    async fn catch_up(&mut self, name: &str, resource_version: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !lock(&self.cache).moved_past(name, resource_version) {
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.drain.changed() => return,
             }
         }
     }
