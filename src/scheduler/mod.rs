@@ -784,11 +784,15 @@ mod slim_tests {
         assert!(meta.creation_timestamp.is_some());
         assert!(meta.managed_fields.is_none());
         assert_eq!(
-            meta.labels.as_ref().map(|l| l.keys().cloned().collect::<Vec<_>>()),
+            meta.labels
+                .as_ref()
+                .map(|l| l.keys().cloned().collect::<Vec<_>>()),
             Some(vec![labels::REQUEST.to_owned(), labels::TASK.to_owned()])
         );
         assert_eq!(
-            meta.annotations.as_ref().map(|a| a.keys().cloned().collect::<Vec<_>>()),
+            meta.annotations
+                .as_ref()
+                .map(|a| a.keys().cloned().collect::<Vec<_>>()),
             Some(vec![labels::REDRIVE.to_owned()])
         );
         assert_eq!(meta.owner_references.as_ref().map(Vec::len), Some(1));
@@ -815,7 +819,10 @@ mod slim_tests {
         }))
         .unwrap();
         slim(&mut item);
-        assert!(item.metadata.labels.is_none(), "no Triad label: no map at all");
+        assert!(
+            item.metadata.labels.is_none(),
+            "no Triad label: no map at all"
+        );
         assert!(item.annotations().contains_key(PAYLOAD_BYTES));
         assert!(item.spec.payload.is_none());
     }

@@ -79,10 +79,12 @@ struct Supervisor {
     started_at: Timestamp,
 }
 
-/// What the supervisor never reads from a cached item.
+/// What the supervisor never reads from a cached (Running) item.
 fn slim(item: &mut WorkItem) {
     item.spec.payload = None;
     item.metadata.managed_fields = None;
+    item.metadata.labels = None;
+    item.metadata.annotations = None;
     if let Some(s) = item.status.as_mut() {
         s.result = None;
     }

@@ -47,6 +47,83 @@ pub struct BenchArgs {
     pub versions: String,
 }
 
+/// `triad-bench memory`: only the operator-memory part of `bench` (idle RSS, then RSS
+/// after `big` items are created in a queue no agent serves and the operator has settled),
+/// measured the same way. Writes `<out>/memory.json`.
+#[derive(clap::Args, Debug)]
+pub struct MemoryArgs {
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    #[arg(long)]
+    pub triad_bin: PathBuf,
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "mem")]
+    pub namespace: String,
+    #[arg(long, default_value_t = 50_000)]
+    pub big: usize,
+    #[arg(long, default_value_t = 96)]
+    pub concurrency: usize,
+    /// Seconds to let the operator settle after the last create.
+    #[arg(long, default_value_t = 20)]
+    pub settle: u64,
+    #[arg(long, default_value = "scheduler,pools,supervisor")]
+    pub roles: String,
+}
+
+pub async fn memory(a: MemoryArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let client = client(&a.kubeconfig).await?;
+    let ns = a.namespace.as_str();
+    prepare(&client, ns).await?;
+    apply(
+        &client,
+        ns,
+        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
+        "metadata": {"name": "big"}, "spec": {}}),
+    )
+    .await?;
+    let op = Operator::start(&a.triad_bin, &a.kubeconfig, &a.out, "operator", &a.roles)?;
+    op.wait_ready(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = rss_mb(op.pid()).unwrap_or(0.0);
+    log(format!("operator idle RSS {idle:.1} MB"));
+    let t0 = Instant::now();
+    create_items(&client, ns, "big", "big", a.big, a.concurrency).await?;
+    let create_rate = a.big as f64 / t0.elapsed().as_secs_f64();
+    log(format!(
+        "created {} items at {create_rate:.0}/s; letting the operator settle {} s",
+        a.big, a.settle
+    ));
+    tokio::time::sleep(Duration::from_secs(a.settle)).await;
+    let big = rss_mb(op.pid()).unwrap_or(0.0);
+    log(format!("operator RSS with {} items {big:.1} MB", a.big));
+    drop(op);
+    // A restart lists all items at once (the initial list) instead of hearing them
+    // one by one.
+    let op = Operator::start(&a.triad_bin, &a.kubeconfig, &a.out, "operator", &a.roles)?;
+    op.wait_ready(Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(a.settle)).await;
+    let restarted = rss_mb(op.pid()).unwrap_or(0.0);
+    log(format!(
+        "operator RSS after a restart with {} items {restarted:.1} MB",
+        a.big
+    ));
+    let report = json!({
+        "roles": a.roles,
+        "items": a.big,
+        "create_rate": round(create_rate, 0),
+        "operator_rss_mb": {"idle": round(idle, 1), "with_items": round(big, 1),
+            "after_restart": round(restarted, 1)},
+    });
+    std::fs::write(
+        a.out.join("memory.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{report}");
+    Ok(())
+}
+
 const MUTATING: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
 
 fn item(name: &str, queue: &str, run: &str) -> WorkItem {

@@ -20,6 +20,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Faults while 2 000 items run; counts lost and double-completed items.
     Chaos(chaos::ChaosArgs),
+    /// Only the operator-memory measurement of `bench` (idle, and with 50 000 items).
+    Memory(bench::MemoryArgs),
 }
 
 #[tokio::main]
@@ -27,5 +29,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Bench(a) => bench::run(a).await,
         Cmd::Chaos(a) => chaos::run(a).await,
+        Cmd::Memory(a) => bench::memory(a).await,
     }
 }
