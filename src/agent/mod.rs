@@ -396,15 +396,7 @@ impl Agent {
         let payload = match payload {
             Ok(payload) => payload,
             Err(ending) => {
-                self.finish(
-                    &writer,
-                    &ending,
-                    None,
-                    &ReportState::default(),
-                    None,
-                    (0.0, 0.0),
-                )
-                .await;
+                self.finish_unstarted(&writer, &ending).await;
                 return Handled::Done;
             }
         };
@@ -632,16 +624,22 @@ impl Agent {
     /// and report the agent broken, so its pod restarts and the pool shows why.
     async fn cannot_start(&self, writer: &ItemWriter, err: anyhow::Error) -> Handled {
         let ending = Ending::new(OutcomeKind::Released, "StartFailed", format!("{err:#}"));
+        self.finish_unstarted(writer, &ending).await;
+        Handled::Broken(err)
+    }
+
+    /// Writes the ending of an attempt whose work never ran: nothing reported, nothing
+    /// measured.
+    async fn finish_unstarted(&self, writer: &ItemWriter, ending: &Ending) {
         self.finish(
             writer,
-            &ending,
+            ending,
             None,
             &ReportState::default(),
             None,
             (0.0, 0.0),
         )
         .await;
-        Handled::Broken(err)
     }
 
     /// One progress/usage (and violation) write. `Err(())` means fenced out.

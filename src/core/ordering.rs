@@ -99,15 +99,23 @@ pub fn top_k(
     aging_seconds: i64,
     now: Timestamp,
 ) -> Vec<usize> {
-    let k = k.min(candidates.len());
+    best_k(
+        candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (rank(c, aging_seconds, now), i))
+            .collect(),
+        k,
+    )
+}
+
+/// Indexes of the `k` smallest keys, smallest first: a partial selection, then a sort
+/// of only those `k`.
+fn best_k<K: Ord>(mut ranked: Vec<(K, usize)>, k: usize) -> Vec<usize> {
+    let k = k.min(ranked.len());
     if k == 0 {
         return vec![];
     }
-    let mut ranked: Vec<(Rank<'_>, usize)> = candidates
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (rank(c, aging_seconds, now), i))
-        .collect();
     if k < ranked.len() {
         ranked.select_nth_unstable(k - 1);
         ranked.truncate(k);
@@ -196,11 +204,7 @@ pub fn agent_order(
     aging_seconds: i64,
     now: Timestamp,
 ) -> Vec<usize> {
-    let k = k.min(candidates.len());
-    if k == 0 {
-        return vec![];
-    }
-    let mut ranked: Vec<(AgentRank<'_>, usize)> = candidates
+    let ranked = candidates
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -214,12 +218,7 @@ pub fn agent_order(
             (key, i)
         })
         .collect();
-    if k < ranked.len() {
-        ranked.select_nth_unstable(k - 1);
-        ranked.truncate(k);
-    }
-    ranked.sort_unstable();
-    ranked.into_iter().map(|(_, i)| i).collect()
+    best_k(ranked, k)
 }
 
 /// One of an agent pool's queues, for [`weighted_queue_pick`].
