@@ -429,6 +429,12 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
     let _renew = keep_renewing(lease);
     let claimed = claim_as(&items, "w", "agent-v", &lease_name, None).await;
     let fence = Fence::of(&claimed).expect("claimed");
+    // Counts reported before the supervisor first sees an item are its baseline (so a
+    // restarted supervisor does not count them twice): report only once it watches it.
+    wait_for(LONG, "the supervisor watching the running item", || async {
+        (metric_value(&metrics, "triad_supervised_items")? >= 1.0).then_some(())
+    })
+    .await;
 
     // The work command reports a violation; the agent runtime records it as it does.
     let report = |rule: &str, count| {
