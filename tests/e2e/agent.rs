@@ -392,8 +392,20 @@ async fn a_fenced_out_agent_cannot_complete_and_carries_on() {
         }
     }
 
-    // Past the end of the work: the agent's completion must not have landed.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The agent gives the item up (counted Fenced) once its work has stopped; from then
+    // on it never writes to it, so what the item shows now is final.
+    wait_for(
+        Duration::from_secs(20),
+        "the agent abandoned the fenced item",
+        || async {
+            (agent
+                .metric("triad_agent_items_total{outcome=\"Fenced\"}")
+                .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     let wi = api.get("slow").await.expect("get");
     assert_eq!(
         wi.phase(),

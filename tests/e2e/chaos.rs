@@ -18,6 +18,8 @@ use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue};
 use crate::support::{Role, TestNamespace, pods_dir, start_role, wait_for};
 
 const ITEMS: usize = 200;
+/// Items that must succeed after one fault before the next is injected.
+const PROGRESS_BETWEEN_FAULTS: usize = 5;
 const AGENTS: usize = 4;
 const LEASE_SECONDS: u64 = 4;
 
@@ -203,7 +205,17 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
             }
             _ => {}
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The next fault once the system has made progress since this one (as the
+        // make-chaos driver does), so every fault meets work it can disturb.
+        wait_for(
+            Duration::from_secs(60),
+            "items succeeding again after the fault",
+            || async {
+                let now = succeeded(&items.list(&ListParams::default()).await.ok()?.items);
+                (now >= (done + PROGRESS_BETWEEN_FAULTS).min(ITEMS)).then_some(())
+            },
+        )
+        .await;
     }
 
     let all = wait_for(
