@@ -71,18 +71,23 @@ pub struct MemoryArgs {
     pub roles: String,
 }
 
+/// A WorkQueue with the defaults.
+async fn apply_queue(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    apply(
+        client,
+        ns,
+        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
+        "metadata": {"name": name}, "spec": {}}),
+    )
+    .await
+}
+
 pub async fn memory(a: MemoryArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let client = client(&a.kubeconfig).await?;
     let ns = a.namespace.as_str();
     prepare(&client, ns).await?;
-    apply(
-        &client,
-        ns,
-        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
-        "metadata": {"name": "big"}, "spec": {}}),
-    )
-    .await?;
+    apply_queue(&client, ns, "big").await?;
     let op = Operator::start(&a.triad_bin, &a.kubeconfig, &a.out, "operator", &a.roles)?;
     op.wait_ready(Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -346,20 +351,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let client = client(&a.kubeconfig).await?;
     let ns = a.namespace.as_str();
     prepare(&client, ns).await?;
-    apply(
-        &client,
-        ns,
-        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
-        "metadata": {"name": "q"}, "spec": {}}),
-    )
-    .await?;
-    apply(
-        &client,
-        ns,
-        json!({"apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
-        "metadata": {"name": "big"}, "spec": {}}),
-    )
-    .await?;
+    apply_queue(&client, ns, "q").await?;
+    apply_queue(&client, ns, "big").await?;
 
     log("starting the operator (release build, all roles, one process)");
     let op = Operator::start(
