@@ -306,9 +306,9 @@ impl Cache {
         }
     }
 
-    fn merged(&self) -> HashMap<&str, &Entry> {
+    fn merged(stores: &[Store]) -> HashMap<&str, &Entry> {
         let mut all: HashMap<&str, &Entry> = HashMap::new();
-        for (name, entry) in self.stores.iter().flat_map(|s| s.items.iter()) {
+        for (name, entry) in stores.iter().flat_map(|s| s.items.iter()) {
             match all.get(&**name) {
                 Some(existing)
                     if !newer_version(
@@ -417,32 +417,27 @@ impl Cache {
         }
     }
 
-    /// The agents believed idle: peers seen holding claims lately that hold none now,
-    /// and this agent. Busy peers count as alive.
-    fn idle_peers(&mut self, now: Instant) -> Vec<Arc<str>> {
-        let busy: HashSet<Arc<str>> = self
-            .stores
-            .iter()
-            .flat_map(|s| s.items.values())
-            .filter_map(|e| match e {
-                Entry::Running { agent, .. } => Some(agent.clone()),
-                Entry::Waiting(_) => None,
-            })
-            .collect();
-        for (agent, last) in self.peers.iter_mut() {
-            if busy.contains(agent) {
+    /// The agents believed idle: peers seen holding claims lately that hold none now
+    /// (`busy`: holders of Running items in the cache), and this agent. Busy peers count
+    /// as alive.
+    fn idle_peers(
+        peers: &mut HashMap<Arc<str>, Instant>,
+        me: &Arc<str>,
+        busy: &HashSet<&str>,
+        now: Instant,
+    ) -> Vec<Arc<str>> {
+        for (agent, last) in peers.iter_mut() {
+            if busy.contains(&**agent) {
                 *last = now;
             }
         }
-        self.peers
-            .retain(|_, last| now.saturating_duration_since(*last) < PEER_TTL);
-        let mut idle: Vec<Arc<str>> = self
-            .peers
+        peers.retain(|_, last| now.saturating_duration_since(*last) < PEER_TTL);
+        let mut idle: Vec<Arc<str>> = peers
             .keys()
-            .filter(|a| !busy.contains(*a))
+            .filter(|a| !busy.contains(&***a))
             .cloned()
             .collect();
-        idle.push(self.me.clone());
+        idle.push(me.clone());
         idle
     }
 
@@ -481,18 +476,29 @@ impl Cache {
         at: Instant,
         rng: &mut impl Rng,
     ) -> Choice {
-        let idle = self.idle_peers(at);
-        let idle: Vec<&str> = idle.iter().map(|a| &**a).collect();
-        let window = ordering::candidate_window(self.peers.len() + 1, floor_k);
-        let infos: Vec<QueueInfo> = self
-            .queues_served
+        // Split borrows: the candidates point into the stores while peers are updated.
+        let Cache {
+            me,
+            queues_served,
+            stores,
+            queues,
+            peers,
+            ..
+        } = self;
+        let infos: Vec<QueueInfo> = queues_served
             .iter()
-            .map(|q| self.queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
+            .map(|q| queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
             .collect();
+        // One pass over the cache: what may be claimed now, and who is busy.
         let mut per_queue: Vec<Vec<(&str, &Waiting)>> = vec![Vec::new(); infos.len()];
-        for (name, entry) in self.merged() {
-            let Entry::Waiting(w) = entry else {
-                continue;
+        let mut busy: HashSet<&str> = HashSet::new();
+        for (name, entry) in Cache::merged(stores) {
+            let w = match entry {
+                Entry::Waiting(w) => w,
+                Entry::Running { agent, .. } => {
+                    busy.insert(agent);
+                    continue;
+                }
             };
             let Some(info) = infos.get(w.queue) else {
                 continue;
@@ -506,6 +512,9 @@ impl Cache {
         if per_queue.iter().all(Vec::is_empty) {
             return Choice::Nothing;
         }
+        let idle = Cache::idle_peers(peers, me, &busy, at);
+        let idle: Vec<&str> = idle.iter().map(|a| &**a).collect();
+        let window = ordering::candidate_window(peers.len() + 1, floor_k);
 
         let mut wake: Option<Instant> = None;
         let mut ready: Vec<Vec<Target>> = Vec::with_capacity(infos.len());
@@ -520,15 +529,15 @@ impl Cache {
                 })
                 .collect();
             let mut now_ready = Vec::new();
-            for i in ordering::agent_order(&candidates, &self.me, window, info.aging_seconds, now) {
+            for i in ordering::agent_order(&candidates, me, window, info.aging_seconds, now) {
                 // The run loop stops at its first win or loss; a few are plenty, and
                 // ranking the idle agents for the rest is work done on every event.
                 if now_ready.len() >= READY_PER_PICK {
                     break;
                 }
                 let (name, w) = items[i];
-                let from = w.seen
-                    + ordering::claim_defer(ordering::standing(&self.me, &idle, name), defer_step);
+                let from =
+                    w.seen + ordering::claim_defer(ordering::standing(me, &idle, name), defer_step);
                 if from <= at {
                     now_ready.push(Target {
                         name: name.to_owned(),
