@@ -123,7 +123,7 @@ up() {
     --api-audiences=https://kubernetes.default.svc.cluster.local \
     --max-requests-inflight=2000 --max-mutating-requests-inflight=1000 \
     --enable-priority-and-fairness=false \
-    --watch-cache=true --profiling=false --v=1
+    --watch-cache=true --profiling="${TRIAD_APISERVER_PROFILING:-false}" --v=1
   local deadline=$((SECONDS + 120))
   until apiserver_ready; do
     if ! alive apiserver || ! alive etcd || ((SECONDS > deadline)); then

@@ -97,24 +97,41 @@ pub fn slim(mut item: WorkItem) -> WorkItem {
     item
 }
 
-/// An item that may be claimable, as much of it as choosing and claiming need.
+/// Milliseconds since the Unix epoch: half the size of a `Timestamp`, and precise
+/// enough for claim windows and queue order (creation times have one-second grain).
+type Millis = i64;
+
+fn millis(t: Timestamp) -> Millis {
+    t.as_millisecond()
+}
+
+fn timestamp(ms: Millis) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// An item that may be claimable, as much of it as choosing and claiming need: 64
+/// bytes, so that 50 000 queued items cost a few MB.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Waiting {
-    pub resource_version: Box<str>,
+    /// The API server's resourceVersions of custom resources are etcd revisions.
+    resource_version: u64,
+    created: Millis,
+    queued_since: Millis,
+    /// The claim window; `Millis::MIN` and `Millis::MAX` when open.
+    from: Millis,
+    until: Millis,
+    epoch: i64,
+    priority: i32,
+    attempt: i32,
+    /// When this agent first saw it claimable, in ms after the cache started: claim
+    /// latency, and the start of the time it leaves the item to the agents that prefer
+    /// it more.
+    seen: u32,
     /// Index of its queue in the agent's queue list.
-    queue: usize,
+    queue: u16,
     /// Fast path without status: on a queue with maxInFlight the scheduler must admit
     /// it first.
     unadmitted: bool,
-    priority: i32,
-    created: Timestamp,
-    queued_since: Timestamp,
-    window: phase::ClaimWindow,
-    pub epoch: i64,
-    pub attempt: i32,
-    /// When this agent first saw it claimable: claim latency, and the start of the
-    /// time it leaves the item to the agents that prefer it more.
-    pub seen: Instant,
 }
 
 /// What the cache keeps per item.
@@ -123,29 +140,43 @@ enum Entry {
     Waiting(Waiting),
     /// Claimed and running: only the holder matters (it is busy).
     Running {
-        resource_version: Box<str>,
+        resource_version: u64,
         agent: Arc<str>,
     },
 }
 
 impl Entry {
-    fn resource_version(&self) -> &str {
+    fn resource_version(&self) -> u64 {
         match self {
-            Entry::Waiting(w) => &w.resource_version,
+            Entry::Waiting(w) => w.resource_version,
             Entry::Running {
                 resource_version, ..
-            } => resource_version,
+            } => *resource_version,
         }
     }
 }
 
-/// The cache entry for `item` as seen by an agent serving `queues`, or None when the
-/// agent has no use for it (not on its queues, not claimable in its state, finished).
-fn entry_of(item: &WorkItem, queues: &[QueueWeight], seen: Instant) -> Option<Entry> {
-    let resource_version: Box<str> = item.metadata.resource_version.as_deref()?.into();
+/// Which of a queue's two watches a store is fed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    /// `spec.queue=<q>`: items that name the queue themselves.
+    Spec,
+    /// `status.queue=<q>`: items the scheduler routed or admitted to the queue.
+    Status,
+}
+
+/// The cache entry for `item` seen in a watch of kind `stream` by an agent serving
+/// `queues`, or None when the agent has no use for it (not on its queues, not claimable
+/// in its state, finished). An item with `status.queue` is kept only by that queue's
+/// status watch, so an admitted item costs one record, not two.
+fn entry_of(item: &WorkItem, stream: Stream, queues: &[QueueWeight], seen: u32) -> Option<Entry> {
+    let resource_version: u64 = item.metadata.resource_version.as_deref()?.parse().ok()?;
+    let status = item.status.as_ref();
+    if stream == Stream::Spec && status.is_some_and(|s| s.queue.is_some()) {
+        return None;
+    }
     let queue = item.effective_queue()?;
     let qi = queues.iter().position(|q| q.name == queue)?;
-    let status = item.status.as_ref();
     if item.phase() == Some(Phase::Running) {
         let agent = status.and_then(|s| s.claim.as_ref())?.agent.as_str();
         return Some(Entry::Running {
@@ -157,15 +188,16 @@ fn entry_of(item: &WorkItem, queues: &[QueueWeight], seen: Instant) -> Option<En
     let created = ts(item.metadata.creation_timestamp.as_ref()).unwrap_or(Timestamp::UNIX_EPOCH);
     Some(Entry::Waiting(Waiting {
         resource_version,
-        queue: qi,
-        unadmitted: item.phase().is_none(),
-        priority: item.effective_priority(),
-        created,
-        queued_since: ordering::queued_since(item).unwrap_or(created),
-        window,
+        created: millis(created),
+        queued_since: millis(ordering::queued_since(item).unwrap_or(created)),
+        from: window.from.map_or(Millis::MIN, millis),
+        until: window.until.map_or(Millis::MAX, millis),
         epoch: item.epoch(),
+        priority: item.effective_priority(),
         attempt: status.map_or(0, |s| s.attempt),
         seen,
+        queue: u16::try_from(qi).ok()?,
+        unadmitted: item.phase().is_none(),
     }))
 }
 
@@ -173,8 +205,8 @@ fn entry_of(item: &WorkItem, queues: &[QueueWeight], seen: Instant) -> Option<En
 /// `maxInFlight` an item without status is not claimable: the scheduler admits such
 /// items (phase Queued) only while the queue has room, so agents never need to count
 /// what runs.
-fn claimable_now(w: &Waiting, info: &QueueInfo, now: Timestamp) -> bool {
-    !(info.max_in_flight.is_some() && w.unadmitted) && w.window.contains(now)
+fn claimable_now(w: &Waiting, info: &QueueInfo, now: Millis) -> bool {
+    !(info.max_in_flight.is_some() && w.unadmitted) && w.from <= now && now < w.until
 }
 
 /// resourceVersions are opaque, but the API server's are etcd revisions: compare them
@@ -194,8 +226,8 @@ pub fn is_newer(candidate: &WorkItem, than: &WorkItem) -> bool {
     )
 }
 
-#[derive(Default)]
 struct Store {
+    stream: Stream,
     items: HashMap<Box<str>, Entry>,
     /// Objects of a relist in progress; swapped in at InitDone.
     relist: Option<HashMap<Box<str>, Entry>>,
@@ -204,7 +236,16 @@ struct Store {
 
 impl Store {
     /// When the item was first seen claimable, if this store already has it waiting.
-    fn seen(&self, name: &str) -> Option<Instant> {
+    fn new(stream: Stream) -> Self {
+        Store {
+            stream,
+            items: HashMap::new(),
+            relist: None,
+            synced: false,
+        }
+    }
+
+    fn seen(&self, name: &str) -> Option<u32> {
         let from = |m: &HashMap<Box<str>, Entry>| match m.get(name) {
             Some(Entry::Waiting(w)) => Some(w.seen),
             _ => None,
@@ -217,6 +258,8 @@ impl Store {
 pub struct Cache {
     /// This agent's name: its own claims make it busy, never a peer.
     me: Arc<str>,
+    /// When the cache started: [`Waiting::seen`] counts from here.
+    born: Instant,
     queues_served: Vec<QueueWeight>,
     stores: Vec<Store>,
     queues: HashMap<String, QueueInfo>,
@@ -232,19 +275,33 @@ pub struct Cache {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target {
     pub name: String,
-    pub waiting: Waiting,
+    pub resource_version: u64,
+    epoch: i64,
+    attempt: i32,
+    /// When this agent first saw it claimable.
+    pub seen: Instant,
 }
 
 impl Target {
+    fn of(name: &str, w: &Waiting, born: Instant) -> Self {
+        Target {
+            name: name.to_owned(),
+            resource_version: w.resource_version,
+            epoch: w.epoch,
+            attempt: w.attempt,
+            seen: born + Duration::from_millis(w.seen.into()),
+        }
+    }
+
     /// The minimal item `k8s::fence::claim` needs: name, resourceVersion, attempt and
     /// epoch.
     pub fn as_item(&self) -> WorkItem {
         let mut item = WorkItem::new(&self.name, WorkItemSpec::default());
-        item.metadata.resource_version = Some(self.waiting.resource_version.to_string());
+        item.metadata.resource_version = Some(self.resource_version.to_string());
         item.status = Some(WorkItemStatus {
-            attempt: self.waiting.attempt,
-            claim: (self.waiting.epoch > 0).then(|| Claim {
-                epoch: self.waiting.epoch,
+            attempt: self.attempt,
+            claim: (self.epoch > 0).then(|| Claim {
+                epoch: self.epoch,
                 ..Default::default()
             }),
             ..Default::default()
@@ -274,9 +331,11 @@ impl Cache {
     pub fn new(me: &str, queues: &[QueueWeight]) -> Self {
         Cache {
             me: me.into(),
+            born: Instant::now(),
             queues_served: queues.to_vec(),
-            stores: (0..item_streams(queues))
-                .map(|_| Store::default())
+            stores: queues
+                .iter()
+                .flat_map(|_| [Store::new(Stream::Spec), Store::new(Stream::Status)])
                 .collect(),
             queues: HashMap::new(),
             queues_synced: false,
@@ -310,11 +369,7 @@ impl Cache {
         let mut all: HashMap<&str, &Entry> = HashMap::new();
         for (name, entry) in stores.iter().flat_map(|s| s.items.iter()) {
             match all.get(&**name) {
-                Some(existing)
-                    if !newer_version(
-                        Some(entry.resource_version()),
-                        Some(existing.resource_version()),
-                    ) => {}
+                Some(existing) if entry.resource_version() <= existing.resource_version() => {}
                 _ => {
                     all.insert(name, entry);
                 }
@@ -374,8 +429,10 @@ impl Cache {
         let Some(name) = item.metadata.name.as_deref() else {
             return;
         };
-        let seen = store.seen(name).unwrap_or_else(Instant::now);
-        let entry = entry_of(&item, queues, seen);
+        let seen = store
+            .seen(name)
+            .unwrap_or_else(|| u32::try_from(self.born.elapsed().as_millis()).unwrap_or(u32::MAX));
+        let entry = entry_of(&item, store.stream, queues, seen);
         let map = match store.relist.as_mut() {
             Some(relist) if relisted => relist,
             _ => &mut store.items,
@@ -443,11 +500,11 @@ impl Cache {
 
     /// Whether the cache shows `name` changed since `resource_version` (claimed by
     /// someone, finished, updated) — after a lost claim, that our view has caught up.
-    pub fn moved_past(&self, name: &str, resource_version: &str) -> bool {
+    pub fn moved_past(&self, name: &str, resource_version: u64) -> bool {
         let mut present = false;
         for entry in self.stores.iter().filter_map(|s| s.items.get(name)) {
             present = true;
-            if newer_version(Some(entry.resource_version()), Some(resource_version)) {
+            if entry.resource_version() > resource_version {
                 return true;
             }
         }
@@ -469,7 +526,7 @@ impl Cache {
     /// until they change.
     pub fn pick(
         &mut self,
-        skip: &HashMap<String, String>,
+        skip: &HashMap<String, u64>,
         floor_k: usize,
         defer_step: Duration,
         now: Timestamp,
@@ -479,12 +536,14 @@ impl Cache {
         // Split borrows: the candidates point into the stores while peers are updated.
         let Cache {
             me,
+            born,
             queues_served,
             stores,
             queues,
             peers,
             ..
         } = self;
+        let now_ms = millis(now);
         let infos: Vec<QueueInfo> = queues_served
             .iter()
             .map(|q| queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
@@ -500,13 +559,11 @@ impl Cache {
                     continue;
                 }
             };
-            let Some(info) = infos.get(w.queue) else {
+            let Some(info) = infos.get(usize::from(w.queue)) else {
                 continue;
             };
-            if claimable_now(w, info, now)
-                && skip.get(name).map(String::as_str) != Some(&*w.resource_version)
-            {
-                per_queue[w.queue].push((name, w));
+            if claimable_now(w, info, now_ms) && skip.get(name) != Some(&w.resource_version) {
+                per_queue[usize::from(w.queue)].push((name, w));
             }
         }
         if per_queue.iter().all(Vec::is_empty) {
@@ -524,8 +581,8 @@ impl Cache {
                 .map(|(name, w)| ordering::Candidate {
                     name,
                     priority: w.priority,
-                    created: w.created,
-                    queued_since: w.queued_since,
+                    created: timestamp(w.created),
+                    queued_since: timestamp(w.queued_since),
                 })
                 .collect();
             let mut now_ready = Vec::new();
@@ -536,13 +593,11 @@ impl Cache {
                     break;
                 }
                 let (name, w) = items[i];
-                let from =
-                    w.seen + ordering::claim_defer(ordering::standing(me, &idle, name), defer_step);
+                let target = Target::of(name, w, *born);
+                let from = target.seen
+                    + ordering::claim_defer(ordering::standing(me, &idle, name), defer_step);
                 if from <= at {
-                    now_ready.push(Target {
-                        name: name.to_owned(),
-                        waiting: w.clone(),
-                    });
+                    now_ready.push(target);
                 } else {
                     wake = Some(wake.map_or(from, |t| t.min(from)));
                 }
@@ -719,7 +774,7 @@ mod tests {
         }
     }
 
-    fn pick_now(c: &mut Cache, skip: &HashMap<String, String>, k: usize) -> Choice {
+    fn pick_now(c: &mut Cache, skip: &HashMap<String, u64>, k: usize) -> Choice {
         // Far enough in the future that no defer is pending.
         let later = Instant::now() + Duration::from_secs(60);
         c.pick(skip, k, STEP, t(0), later, &mut StdRng::seed_from_u64(1))
@@ -752,8 +807,7 @@ mod tests {
     #[test]
     fn only_claimable_looking_items_are_kept() {
         let queues = qs(&[("q", 1)]);
-        let now = Instant::now();
-        let keep = |wi: &WorkItem| entry_of(wi, &queues, now);
+        let keep = |wi: &WorkItem| entry_of(wi, Stream::Spec, &queues, 0);
         assert!(matches!(
             keep(&item("a", "q", 1, 1)),
             Some(Entry::Waiting(_))
@@ -778,7 +832,25 @@ mod tests {
         routed.status.as_mut().unwrap().queue = Some("escalated".into());
         assert!(keep(&routed).is_none(), "routing overrides spec.queue");
         let routed_here = qs(&[("escalated", 1)]);
-        assert!(entry_of(&routed, &routed_here, now).is_some());
+        assert!(entry_of(&routed, Stream::Status, &routed_here, 0).is_some());
+        assert!(
+            entry_of(&routed, Stream::Spec, &routed_here, 0).is_none(),
+            "kept once: by the status.queue watch"
+        );
+        let mut admitted = queued(item("a", "q", 1, 1));
+        admitted.status.as_mut().unwrap().queue = Some("q".into());
+        assert!(entry_of(&admitted, Stream::Status, &queues, 0).is_some());
+        assert!(entry_of(&admitted, Stream::Spec, &queues, 0).is_none());
+        let mut odd = item("a", "q", 1, 1);
+        odd.metadata.resource_version = Some("not-a-revision".into());
+        assert!(keep(&odd).is_none(), "only etcd revisions are comparable");
+    }
+
+    #[test]
+    fn a_waiting_record_stays_small() {
+        // 50 000 queued items must fit an agent in well under 30 MB.
+        assert!(std::mem::size_of::<Waiting>() <= 64);
+        assert!(std::mem::size_of::<Entry>() <= 64);
     }
 
     #[test]
@@ -829,7 +901,7 @@ mod tests {
         );
         // Alone, the agent considers two candidates: the top two, best first.
         assert_eq!(names(pick_now(&mut c, &HashMap::new(), 1)), ["high", "mid"]);
-        let skip = [("high".to_owned(), "2".to_owned())].into();
+        let skip = [("high".to_owned(), 2)].into();
         assert_eq!(names(pick_now(&mut c, &skip, 1))[0], "mid");
         // A newer version of a skipped item is a new chance.
         c.apply_item(0, Event::Apply(item("high", "q", 900, 9)));
@@ -996,20 +1068,20 @@ mod tests {
         let Choice::Claim(p) = pick_now(&mut c, &HashMap::new(), 8) else {
             panic!("claimable");
         };
-        assert_eq!(&*p.order[0].waiting.resource_version, "10");
+        assert_eq!(p.order[0].resource_version, 10);
     }
 
     #[test]
     fn a_lost_claim_is_caught_up_on_once_the_winner_shows() {
         let queues = qs(&[("q", 1)]);
         let mut c = cache_with("me", &queues, vec![item("a", "q", 1, 5)]);
-        assert!(!c.moved_past("a", "5"), "still the version we lost on");
+        assert!(!c.moved_past("a", 5), "still the version we lost on");
         c.apply_item(
             1,
             Event::Apply(with_phase(item("a", "q", 1, 7), Phase::Running, Some("x"))),
         );
-        assert!(c.moved_past("a", "5"), "the winner's claim arrived");
-        assert!(c.moved_past("gone", "5"), "not in the cache at all");
+        assert!(c.moved_past("a", 5), "the winner's claim arrived");
+        assert!(c.moved_past("gone", 5), "not in the cache at all");
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl Agent {
         self.serve.set_ready(true);
         tracing::info!("caches synced; claiming");
 
-        let mut skip: HashMap<String, String> = HashMap::new();
+        let mut skip: HashMap<String, u64> = HashMap::new();
         // Recent claim round trip (moving average): how long others' claims take to
         // show up, roughly, and so how long to leave items to the agents ahead.
         let mut claim_round_trip = Duration::from_millis(10);
@@ -300,7 +300,7 @@ impl Agent {
                     break;
                 }
                 let name = candidate.name.clone();
-                let rv = candidate.waiting.resource_version.to_string();
+                let rv = candidate.resource_version;
                 self.metrics.claim_attempts.inc();
                 // A lapse from here on means the claim may have been taken from us.
                 self.claim_lapses = self.lease.lapses();
@@ -319,7 +319,7 @@ impl Agent {
                         skip.insert(name.clone(), rv);
                         self.metrics
                             .claim_latency
-                            .observe(candidate.waiting.seen.elapsed().as_secs_f64());
+                            .observe(candidate.seen.elapsed().as_secs_f64());
                         tracing::info!(item = %name, queue = %pick.queue, attempt = item.status.as_ref().map(|s| s.attempt), "claimed");
                         done += 1;
                         let handled = self.handle(item).await;
@@ -338,7 +338,7 @@ impl Agent {
                         // would pick from the same stale view (more lost claims, each a
                         // refused write); wait briefly for it to show the winner.
                         let step = crate::core::ordering::claim_defer_step(claim_round_trip);
-                        self.catch_up(&name, &rv, step * 2).await;
+                        self.catch_up(&name, rv, step * 2).await;
                         skip.insert(name, rv);
                         break;
                     }
@@ -357,7 +357,7 @@ impl Agent {
     }
 
     /// Waits until the cache shows `name` past `resource_version`, at most `limit`.
-    async fn catch_up(&mut self, name: &str, resource_version: &str, limit: Duration) {
+    async fn catch_up(&mut self, name: &str, resource_version: u64, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         while !lock(&self.cache).moved_past(name, resource_version) {
             tokio::select! {
