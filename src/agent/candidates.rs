@@ -1,25 +1,29 @@
-//! The candidate set: a compact cache of the items on the agent's queues, fed by
-//! field-selected watches, and the choice of what to try to claim next.
+//! The candidate set: a compact cache of the claimable items on the agent's queues,
+//! fed by field-selected watches, and the choice of what to try to claim next.
 //!
-//! Per queue there are two watches, `spec.queue=<q>` and `status.queue=<q>` (the
-//! scheduler's routing writes `status.queue`, which overrides `spec.queue`), never a
-//! watch of the whole namespace. Each watch keeps its own store so a relist replaces
-//! exactly what that watch saw; readers merge the stores by name, newest
-//! resourceVersion first.
+//! The watches are chosen so that an agent hears about an item only while it may claim
+//! it. Per queue there are two, `spec.queue=<q>` and `status.queue=<q>` (the
+//! scheduler's routing writes `status.queue`, which overrides `spec.queue`), both
+//! limited to items not in a phase that rules a claim out, so a claimed item leaves them
+//! with one event and its progress, usage and ending are never sent to the other agents.
+//! A third watch, `status.claim.agent=<me>,status.phase=Running`, follows what this
+//! agent holds: a cancel, or the item leaving it (fenced out, reclaimed). The agents
+//! that share a queue learn of each other from their Leases, which name the queues they
+//! serve. Each item watch keeps its own store so a relist replaces exactly what that
+//! watch saw; readers merge the stores by name, newest resourceVersion first.
 //!
-//! The agent keeps only what a claim needs: for an item that may be claimable, a
-//! [`Waiting`] record of a few dozen bytes (its claim window, priority, times, epoch);
-//! for a Running item, who holds it (that agent is busy); nothing for finished or
-//! pending items. Only the item this agent holds is kept whole (slimmed), for the
-//! fence and cancel checks. So a queue of 50 000 items costs a few MB, and the full
-//! item arrives only in the claim's response.
+//! The agent keeps only what a claim needs: for a claimable item, a 64-byte [`Waiting`]
+//! record. Only the item this agent holds is kept whole (slimmed), for the fence and
+//! cancel checks. So a queue of 50 000 items costs a few MB, and the full item arrives
+//! only in the claim's response.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -29,6 +33,7 @@ use tokio::sync::Notify;
 use super::config::QueueWeight;
 use crate::api::{Claim, Phase, WorkItem, WorkItemSpec, WorkItemStatus, WorkQueue};
 use crate::core::{ordering, phase, ts};
+use crate::k8s::lease::{AGENT_LEASE_SELECTOR, AGENT_QUEUES_ANNOTATION};
 
 /// What the agent needs to know about one of its WorkQueues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,9 +62,9 @@ const DEFAULT_QUEUE: QueueInfo = QueueInfo {
 /// the attempt tag matter there.
 const MAX_CONDITION_MESSAGE: usize = 256;
 
-/// An agent seen holding a claim within this long counts as a peer competing for the
-/// same items (see [`ordering::standing`]); one not seen for longer is presumed gone.
-const PEER_TTL: Duration = Duration::from_secs(60);
+/// A peer whose Lease has not been renewed for this many of its durations is presumed
+/// gone (one missed renewal and some watch delay are normal).
+const PEER_LEASE_GRACE: u32 = 2;
 
 /// Most candidates one pick hands the run loop.
 const READY_PER_PICK: usize = 4;
@@ -134,28 +139,6 @@ pub struct Waiting {
     unadmitted: bool,
 }
 
-/// What the cache keeps per item.
-#[derive(Clone, Debug, PartialEq)]
-enum Entry {
-    Waiting(Waiting),
-    /// Claimed and running: only the holder matters (it is busy).
-    Running {
-        resource_version: u64,
-        agent: Arc<str>,
-    },
-}
-
-impl Entry {
-    fn resource_version(&self) -> u64 {
-        match self {
-            Entry::Waiting(w) => w.resource_version,
-            Entry::Running {
-                resource_version, ..
-            } => *resource_version,
-        }
-    }
-}
-
 /// Which of a queue's two watches a store is fed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stream {
@@ -165,11 +148,16 @@ enum Stream {
     Status,
 }
 
-/// The cache entry for `item` seen in a watch of kind `stream` by an agent serving
-/// `queues`, or None when the agent has no use for it (not on its queues, not claimable
-/// in its state, finished). An item with `status.queue` is kept only by that queue's
-/// status watch, so an admitted item costs one record, not two.
-fn entry_of(item: &WorkItem, stream: Stream, queues: &[QueueWeight], seen: u32) -> Option<Entry> {
+/// The record for `item` seen in a watch of kind `stream` by an agent serving `queues`,
+/// or None when the agent has no use for it (not on its queues, not claimable in its
+/// state). An item with `status.queue` is kept only by that queue's status watch, so an
+/// admitted item costs one record, not two.
+fn waiting_of(
+    item: &WorkItem,
+    stream: Stream,
+    queues: &[QueueWeight],
+    seen: u32,
+) -> Option<Waiting> {
     let resource_version: u64 = item.metadata.resource_version.as_deref()?.parse().ok()?;
     let status = item.status.as_ref();
     if stream == Stream::Spec && status.is_some_and(|s| s.queue.is_some()) {
@@ -177,16 +165,9 @@ fn entry_of(item: &WorkItem, stream: Stream, queues: &[QueueWeight], seen: u32) 
     }
     let queue = item.effective_queue()?;
     let qi = queues.iter().position(|q| q.name == queue)?;
-    if item.phase() == Some(Phase::Running) {
-        let agent = status.and_then(|s| s.claim.as_ref())?.agent.as_str();
-        return Some(Entry::Running {
-            resource_version,
-            agent: agent.into(),
-        });
-    }
     let window = phase::claim_window(item)?;
     let created = ts(item.metadata.creation_timestamp.as_ref()).unwrap_or(Timestamp::UNIX_EPOCH);
-    Some(Entry::Waiting(Waiting {
+    Some(Waiting {
         resource_version,
         created: millis(created),
         queued_since: millis(ordering::queued_since(item).unwrap_or(created)),
@@ -198,7 +179,7 @@ fn entry_of(item: &WorkItem, stream: Stream, queues: &[QueueWeight], seen: u32) 
         seen,
         queue: u16::try_from(qi).ok()?,
         unadmitted: item.phase().is_none(),
-    }))
+    })
 }
 
 /// Whether a waiting item may be claimed from its queue now. On a queue with
@@ -207,6 +188,23 @@ fn entry_of(item: &WorkItem, stream: Stream, queues: &[QueueWeight], seen: u32) 
 /// what runs.
 fn claimable_now(w: &Waiting, info: &QueueInfo, now: Millis) -> bool {
     !(info.max_in_flight.is_some() && w.unadmitted) && w.from <= now && now < w.until
+}
+
+/// The field selector of a claimable-items watch on `field=<queue>`: every phase but
+/// Queued is excluded (an item without a phase, the fast path, has an empty one and
+/// passes).
+pub fn claimable_selector(field: &str, queue: &str) -> String {
+    let mut selector = format!("{field}={queue}");
+    for p in Phase::ALL.iter().filter(|p| **p != Phase::Queued) {
+        selector.push_str(",status.phase!=");
+        selector.push_str(p.as_str());
+    }
+    selector
+}
+
+/// The field selector of the watch of what `agent` holds.
+pub fn held_selector(agent: &str) -> String {
+    format!("status.claim.agent={agent},status.phase=Running")
 }
 
 /// resourceVersions are opaque, but the API server's are etcd revisions: compare them
@@ -226,16 +224,19 @@ pub fn is_newer(candidate: &WorkItem, than: &WorkItem) -> bool {
     )
 }
 
+fn revision(item: &WorkItem) -> Option<u64> {
+    item.metadata.resource_version.as_deref()?.parse().ok()
+}
+
 struct Store {
     stream: Stream,
-    items: HashMap<Box<str>, Entry>,
+    items: HashMap<Box<str>, Waiting>,
     /// Objects of a relist in progress; swapped in at InitDone.
-    relist: Option<HashMap<Box<str>, Entry>>,
+    relist: Option<HashMap<Box<str>, Waiting>>,
     synced: bool,
 }
 
 impl Store {
-    /// When the item was first seen claimable, if this store already has it waiting.
     fn new(stream: Stream) -> Self {
         Store {
             stream,
@@ -246,17 +247,39 @@ impl Store {
     }
 
     fn seen(&self, name: &str) -> Option<u32> {
-        let from = |m: &HashMap<Box<str>, Entry>| match m.get(name) {
-            Some(Entry::Waiting(w)) => Some(w.seen),
-            _ => None,
-        };
+        let from = |m: &HashMap<Box<str>, Waiting>| m.get(name).map(|w| w.seen);
         from(&self.items).or_else(|| self.relist.as_ref().and_then(from))
     }
 }
 
+/// Another agent serving one of our queues, as its Lease shows it.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    /// When we last saw its Lease renewed (our clock).
+    renewed: Instant,
+    duration: Duration,
+}
+
+impl Peer {
+    fn alive(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.renewed) < self.duration * PEER_LEASE_GRACE
+    }
+}
+
+/// The item this agent is claiming or holds.
+struct Held {
+    name: String,
+    /// Its freshest slim view from the held-items watch.
+    view: Option<WorkItem>,
+    /// The resourceVersion our claim created, once the claim returned.
+    claimed: Option<u64>,
+    /// The newest resourceVersion with which it left the held-items watch.
+    left: Option<u64>,
+}
+
 /// The watch-fed state the run loop reads.
 pub struct Cache {
-    /// This agent's name: its own claims make it busy, never a peer.
+    /// This agent's name: never its own peer.
     me: Arc<str>,
     /// When the cache started: [`Waiting::seen`] counts from here.
     born: Instant,
@@ -264,10 +287,11 @@ pub struct Cache {
     stores: Vec<Store>,
     queues: HashMap<String, QueueInfo>,
     queues_synced: bool,
-    /// Agents seen holding a claim on these queues, and when last seen so.
-    peers: HashMap<Arc<str>, Instant>,
-    /// The item this agent is claiming or holds, and its freshest slim view.
-    held: Option<(String, Option<WorkItem>)>,
+    /// The other agents serving any of our queues (from their Leases), and during a
+    /// relist of the Lease watch, the ones it has listed so far.
+    peers: HashMap<Arc<str>, Peer>,
+    peers_relist: Option<HashMap<Arc<str>, Peer>>,
+    held: Option<Held>,
 }
 
 /// Something to claim: name, the version the claim is conditional on, and what the
@@ -340,6 +364,7 @@ impl Cache {
             queues: HashMap::new(),
             queues_synced: false,
             peers: HashMap::new(),
+            peers_relist: None,
             held: None,
         }
     }
@@ -350,7 +375,19 @@ impl Cache {
 
     /// Keep the whole (slim) view of `name` from now on: the item being claimed.
     pub fn hold(&mut self, name: &str) {
-        self.held = Some((name.to_owned(), None));
+        self.held = Some(Held {
+            name: name.to_owned(),
+            view: None,
+            claimed: None,
+            left: None,
+        });
+    }
+
+    /// Our claim of the held item succeeded, creating `resource_version`.
+    pub fn claimed(&mut self, name: &str, resource_version: Option<u64>) {
+        if let Some(held) = self.held.as_mut().filter(|h| h.name == name) {
+            held.claimed = resource_version;
+        }
     }
 
     pub fn release(&mut self) {
@@ -360,47 +397,41 @@ impl Cache {
     /// The freshest view of the held item seen in the watches since [`Cache::hold`].
     pub fn get(&self, name: &str) -> Option<&WorkItem> {
         match &self.held {
-            Some((held, view)) if held == name => view.as_ref(),
+            Some(held) if held.name == name => held.view.as_ref(),
             _ => None,
         }
     }
 
-    fn merged(stores: &[Store]) -> HashMap<&str, &Entry> {
-        let mut all: HashMap<&str, &Entry> = HashMap::new();
-        for (name, entry) in stores.iter().flat_map(|s| s.items.iter()) {
+    /// Whether the held item has left this agent since our claim: it is no longer
+    /// Running under our name (fenced out, reclaimed, cancelled, or finished by our own
+    /// write). The watch's leaving event carries the item as it was before, so this is
+    /// the only news of it.
+    pub fn left(&self, name: &str) -> bool {
+        match &self.held {
+            Some(Held {
+                name: held,
+                claimed: Some(claimed),
+                left: Some(left),
+                ..
+            }) if held == name => left >= claimed,
+            _ => false,
+        }
+    }
+
+    fn merged(stores: &[Store]) -> HashMap<&str, &Waiting> {
+        let mut all: HashMap<&str, &Waiting> = HashMap::new();
+        for (name, w) in stores.iter().flat_map(|s| s.items.iter()) {
             match all.get(&**name) {
-                Some(existing) if entry.resource_version() <= existing.resource_version() => {}
+                Some(existing) if w.resource_version <= existing.resource_version => {}
                 _ => {
-                    all.insert(name, entry);
+                    all.insert(name, w);
                 }
             }
         }
         all
     }
 
-    fn observe(&mut self, item: &WorkItem) {
-        let Some(name) = item.metadata.name.as_deref() else {
-            return;
-        };
-        if item.phase() == Some(Phase::Running)
-            && let Some(claim) = item.status.as_ref().and_then(|s| s.claim.as_ref())
-            && *claim.agent != *self.me
-        {
-            let agent: Arc<str> = claim.agent.as_str().into();
-            self.peers.insert(agent, Instant::now());
-        }
-        if let Some((held, view)) = self.held.as_mut()
-            && held == name
-            && view.as_ref().is_none_or(|v| is_newer(item, v))
-        {
-            *view = Some(slim(item.clone()));
-        }
-    }
-
     fn apply_item(&mut self, stream: usize, event: Event<WorkItem>) {
-        if let Event::Apply(item) | Event::InitApply(item) = &event {
-            self.observe(item);
-        }
         let queues = &self.queues_served;
         let Some(store) = self.stores.get_mut(stream) else {
             return;
@@ -432,18 +463,38 @@ impl Cache {
         let seen = store
             .seen(name)
             .unwrap_or_else(|| u32::try_from(self.born.elapsed().as_millis()).unwrap_or(u32::MAX));
-        let entry = entry_of(&item, store.stream, queues, seen);
+        let record = waiting_of(&item, store.stream, queues, seen);
         let map = match store.relist.as_mut() {
             Some(relist) if relisted => relist,
             _ => &mut store.items,
         };
-        match entry {
-            Some(e) => {
-                map.insert(name.into(), e);
+        match record {
+            Some(w) => {
+                map.insert(name.into(), w);
             }
             None => {
                 map.remove(name);
             }
+        }
+    }
+
+    /// An event of the held-items watch. A relist that no longer shows the held item
+    /// proves nothing (it may predate our claim); the fence on our next write does.
+    fn apply_held(&mut self, event: Event<WorkItem>) {
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        match event {
+            Event::Apply(item) | Event::InitApply(item)
+                if item.metadata.name.as_deref() == Some(held.name.as_str())
+                    && held.view.as_ref().is_none_or(|v| is_newer(&item, v)) =>
+            {
+                held.view = Some(slim(item));
+            }
+            Event::Delete(item) if item.metadata.name.as_deref() == Some(held.name.as_str()) => {
+                held.left = held.left.max(revision(&item));
+            }
+            _ => {}
         }
     }
 
@@ -474,58 +525,106 @@ impl Cache {
         }
     }
 
-    /// The agents believed idle: peers seen holding claims lately that hold none now
-    /// (`busy`: holders of Running items in the cache), and this agent. Busy peers count
-    /// as alive.
-    fn idle_peers(
-        peers: &mut HashMap<Arc<str>, Instant>,
-        me: &Arc<str>,
-        busy: &HashSet<&str>,
-        now: Instant,
-    ) -> Vec<Arc<str>> {
-        for (agent, last) in peers.iter_mut() {
-            if busy.contains(&**agent) {
-                *last = now;
-            }
+    /// The agent holding `lease`, if it is another agent serving one of our queues.
+    fn peer_of(&self, lease: &Lease) -> Option<(Arc<str>, Duration)> {
+        let spec = lease.spec.as_ref()?;
+        let holder = spec.holder_identity.as_deref()?;
+        if holder == &*self.me {
+            return None;
         }
-        peers.retain(|_, last| now.saturating_duration_since(*last) < PEER_TTL);
-        let mut idle: Vec<Arc<str>> = peers
-            .keys()
-            .filter(|a| !busy.contains(&***a))
-            .cloned()
+        let serves = lease
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(AGENT_QUEUES_ANNOTATION)?;
+        let shared = serves
+            .split(',')
+            .any(|q| self.queues_served.iter().any(|mine| mine.name == q));
+        let seconds = u64::try_from(spec.lease_duration_seconds?).ok()?;
+        shared.then(|| (holder.into(), Duration::from_secs(seconds.max(1))))
+    }
+
+    /// An event of the agent-Lease watch. A renewal seen now is fresh; a listed Lease is
+    /// as old as its renewTime says (by the wall clock, clamped to now).
+    fn apply_lease(&mut self, event: Event<Lease>, now: Instant, wall: Timestamp) {
+        let (lease, listed) = match event {
+            Event::Apply(lease) => (lease, false),
+            Event::InitApply(lease) => (lease, true),
+            Event::Delete(lease) => {
+                if let Some((agent, _)) = self.peer_of(&lease) {
+                    self.peers.remove(&agent);
+                }
+                return;
+            }
+            Event::Init => {
+                self.peers_relist = Some(HashMap::new());
+                return;
+            }
+            Event::InitDone => {
+                if let Some(relist) = self.peers_relist.take() {
+                    self.peers = relist;
+                }
+                return;
+            }
+        };
+        let Some((agent, duration)) = self.peer_of(&lease) else {
+            return;
+        };
+        let renewed = if listed {
+            let renew_time = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0);
+            let age = renew_time
+                .and_then(|t| Duration::try_from(wall.duration_since(t)).ok())
+                .unwrap_or(Duration::MAX);
+            now.checked_sub(age).unwrap_or(self.born.min(now))
+        } else {
+            now
+        };
+        let peer = Peer { renewed, duration };
+        match self.peers_relist.as_mut() {
+            Some(relist) if listed => relist.insert(agent, peer),
+            _ => self.peers.insert(agent, peer),
+        };
+    }
+
+    /// The agents serving our queues whose Leases are fresh, and this agent.
+    fn live_agents(&self, now: Instant) -> Vec<&str> {
+        let mut live: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.alive(now))
+            .map(|(a, _)| &**a)
             .collect();
-        idle.push(me.clone());
-        idle
+        live.push(&self.me);
+        live
     }
 
     /// Whether the cache shows `name` changed since `resource_version` (claimed by
     /// someone, finished, updated) — after a lost claim, that our view has caught up.
     pub fn moved_past(&self, name: &str, resource_version: u64) -> bool {
         let mut present = false;
-        for entry in self.stores.iter().filter_map(|s| s.items.get(name)) {
+        for w in self.stores.iter().filter_map(|s| s.items.get(name)) {
             present = true;
-            if entry.resource_version() > resource_version {
+            if w.resource_version > resource_version {
                 return true;
             }
         }
         !present
     }
 
-    /// How many agents compete for this agent's queues, itself included.
-    #[cfg(test)]
-    fn peer_count(&self) -> usize {
-        self.peers.len() + 1
-    }
-
     /// Chooses a queue by weight among those with items this agent may claim now,
     /// then that queue's best candidates in this agent's order
-    /// ([`ordering::agent_order`], a window of about two per peer). An item this agent
-    /// does not own among the idle agents ([`ordering::standing`]) is tried only after
-    /// its defer has passed since it was first seen. Items in `skip` at the
-    /// resourceVersion recorded there (a lost race, our own last claim) are left out
-    /// until they change.
+    /// ([`ordering::agent_order`], a window of about two per live agent). An item this
+    /// agent does not own among the live agents ([`ordering::standing`]) is tried only
+    /// after its defer has passed since it was first seen. Busy agents are not told
+    /// apart (their claims are not watched): an item whose owner is busy waits one
+    /// defer step per agent ahead. Items in `skip` at the resourceVersion recorded
+    /// there (a lost race, our own last claim) are left out until they change.
     pub fn pick(
-        &mut self,
+        &self,
         skip: &HashMap<String, u64>,
         floor_k: usize,
         defer_step: Duration,
@@ -533,32 +632,14 @@ impl Cache {
         at: Instant,
         rng: &mut impl Rng,
     ) -> Choice {
-        // Split borrows: the candidates point into the stores while peers are updated.
-        let Cache {
-            me,
-            born,
-            queues_served,
-            stores,
-            queues,
-            peers,
-            ..
-        } = self;
         let now_ms = millis(now);
-        let infos: Vec<QueueInfo> = queues_served
+        let infos: Vec<QueueInfo> = self
+            .queues_served
             .iter()
-            .map(|q| queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
+            .map(|q| self.queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
             .collect();
-        // One pass over the cache: what may be claimed now, and who is busy.
         let mut per_queue: Vec<Vec<(&str, &Waiting)>> = vec![Vec::new(); infos.len()];
-        let mut busy: HashSet<&str> = HashSet::new();
-        for (name, entry) in Cache::merged(stores) {
-            let w = match entry {
-                Entry::Waiting(w) => w,
-                Entry::Running { agent, .. } => {
-                    busy.insert(agent);
-                    continue;
-                }
-            };
+        for (name, w) in Cache::merged(&self.stores) {
             let Some(info) = infos.get(usize::from(w.queue)) else {
                 continue;
             };
@@ -569,9 +650,8 @@ impl Cache {
         if per_queue.iter().all(Vec::is_empty) {
             return Choice::Nothing;
         }
-        let idle = Cache::idle_peers(peers, me, &busy, at);
-        let idle: Vec<&str> = idle.iter().map(|a| &**a).collect();
-        let window = ordering::candidate_window(peers.len() + 1, floor_k);
+        let live = self.live_agents(at);
+        let window = ordering::candidate_window(live.len(), floor_k);
 
         let mut wake: Option<Instant> = None;
         let mut ready: Vec<Vec<Target>> = Vec::with_capacity(infos.len());
@@ -586,16 +666,16 @@ impl Cache {
                 })
                 .collect();
             let mut now_ready = Vec::new();
-            for i in ordering::agent_order(&candidates, me, window, info.aging_seconds, now) {
+            for i in ordering::agent_order(&candidates, &self.me, window, info.aging_seconds, now) {
                 // The run loop stops at its first win or loss; a few are plenty, and
-                // ranking the idle agents for the rest is work done on every event.
+                // ranking the other agents for the rest is work done on every event.
                 if now_ready.len() >= READY_PER_PICK {
                     break;
                 }
                 let (name, w) = items[i];
-                let target = Target::of(name, w, *born);
+                let target = Target::of(name, w, self.born);
                 let from = target.seen
-                    + ordering::claim_defer(ordering::standing(me, &idle, name), defer_step);
+                    + ordering::claim_defer(ordering::standing(&self.me, &live, name), defer_step);
                 if from <= at {
                     now_ready.push(target);
                 } else {
@@ -631,11 +711,41 @@ pub fn lock(cache: &SharedCache) -> std::sync::MutexGuard<'_, Cache> {
     cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The watches for `queues`: two per queue (spec.queue and status.queue), plus one on
-/// the namespace's WorkQueues. Each runs until the returned handles are aborted.
+/// Runs one watch until aborted, feeding each event to `apply` under the cache lock.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: String,
+    cache: SharedCache,
+    changed: Arc<Notify>,
+    apply: impl Fn(&mut Cache, Event<K>) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    apply(&mut lock(&cache), event);
+                    changed.notify_one();
+                }
+                Err(err) => tracing::warn!(%err, watch = %what, "watch failed; retrying"),
+            }
+        }
+    })
+}
+
+/// The watches the cache feeds on: two claimable-items watches per queue, the
+/// held-items watch, the namespace's WorkQueues and the agent Leases. Each runs until
+/// the returned handles are aborted.
 pub fn spawn_watches(
     items: Api<WorkItem>,
     queues_api: Api<WorkQueue>,
+    leases: Api<Lease>,
+    me: &str,
     queues: Vec<QueueWeight>,
     cache: SharedCache,
     changed: Arc<Notify>,
@@ -644,43 +754,48 @@ pub fn spawn_watches(
     let mut stream = 0;
     for q in &queues {
         for field in ["spec.queue", "status.queue"] {
-            let selector = format!("{field}={}", q.name);
+            let selector = claimable_selector(field, &q.name);
             let config = watcher::Config::default().fields(&selector);
-            let (cache, changed, index) = (cache.clone(), changed.clone(), stream);
-            let api = items.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut events = watcher::watcher(api, config).default_backoff().boxed();
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(event) => {
-                            lock(&cache).apply_item(index, event);
-                            changed.notify_one();
-                        }
-                        Err(err) => tracing::warn!(%err, selector = %selector, "work item watch failed; retrying"),
-                    }
-                }
-            }));
+            let index = stream;
+            tasks.push(spawn_watch(
+                items.clone(),
+                config,
+                format!("claimable items {field}={}", q.name),
+                cache.clone(),
+                changed.clone(),
+                move |c: &mut Cache, e| c.apply_item(index, e),
+            ));
             stream += 1;
         }
     }
-    tasks.push(tokio::spawn(async move {
-        let mut events = watcher::watcher(queues_api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    lock(&cache).apply_queue(event);
-                    changed.notify_one();
-                }
-                Err(err) => tracing::warn!(%err, "work queue watch failed; retrying"),
-            }
-        }
-    }));
+    tasks.push(spawn_watch(
+        items,
+        watcher::Config::default().fields(&held_selector(me)),
+        "held items".into(),
+        cache.clone(),
+        changed.clone(),
+        |c: &mut Cache, e| c.apply_held(e),
+    ));
+    tasks.push(spawn_watch(
+        queues_api,
+        watcher::Config::default(),
+        "work queues".into(),
+        cache.clone(),
+        changed.clone(),
+        |c: &mut Cache, e| c.apply_queue(e),
+    ));
+    tasks.push(spawn_watch(
+        leases,
+        watcher::Config::default().labels(AGENT_LEASE_SELECTOR),
+        "agent leases".into(),
+        cache,
+        changed,
+        |c: &mut Cache, e| c.apply_lease(e, Instant::now(), Timestamp::now()),
+    ));
     tasks
 }
 
-/// Number of watch streams [`spawn_watches`] feeds for `queues` (the cache's size).
+/// Number of claimable-items watches [`spawn_watches`] feeds for `queues`.
 pub fn item_streams(queues: &[QueueWeight]) -> usize {
     queues.len() * 2
 }
@@ -807,21 +922,15 @@ mod tests {
     #[test]
     fn only_claimable_looking_items_are_kept() {
         let queues = qs(&[("q", 1)]);
-        let keep = |wi: &WorkItem| entry_of(wi, Stream::Spec, &queues, 0);
-        assert!(matches!(
-            keep(&item("a", "q", 1, 1)),
-            Some(Entry::Waiting(_))
-        ));
-        assert!(matches!(
-            keep(&queued(item("a", "q", 1, 1))),
-            Some(Entry::Waiting(_))
-        ));
+        let keep = |wi: &WorkItem| waiting_of(wi, Stream::Spec, &queues, 0);
+        assert!(keep(&item("a", "q", 1, 1)).is_some());
+        assert!(keep(&queued(item("a", "q", 1, 1))).is_some());
         assert!(keep(&item("a", "other", 1, 1)).is_none(), "not our queue");
         for done in [Phase::Succeeded, Phase::Failed, Phase::Pending, Phase::Held] {
             assert!(keep(&with_phase(item("a", "q", 1, 1), done, None)).is_none());
         }
         let running = with_phase(item("a", "q", 1, 1), Phase::Running, Some("other"));
-        assert!(matches!(keep(&running), Some(Entry::Running { agent, .. }) if &*agent == "other"));
+        assert!(keep(&running).is_none(), "claimed: not ours to choose");
         let mut cancelled = item("a", "q", 1, 1);
         cancelled.spec.cancel = true;
         assert!(keep(&cancelled).is_none());
@@ -832,15 +941,15 @@ mod tests {
         routed.status.as_mut().unwrap().queue = Some("escalated".into());
         assert!(keep(&routed).is_none(), "routing overrides spec.queue");
         let routed_here = qs(&[("escalated", 1)]);
-        assert!(entry_of(&routed, Stream::Status, &routed_here, 0).is_some());
+        assert!(waiting_of(&routed, Stream::Status, &routed_here, 0).is_some());
         assert!(
-            entry_of(&routed, Stream::Spec, &routed_here, 0).is_none(),
+            waiting_of(&routed, Stream::Spec, &routed_here, 0).is_none(),
             "kept once: by the status.queue watch"
         );
         let mut admitted = queued(item("a", "q", 1, 1));
         admitted.status.as_mut().unwrap().queue = Some("q".into());
-        assert!(entry_of(&admitted, Stream::Status, &queues, 0).is_some());
-        assert!(entry_of(&admitted, Stream::Spec, &queues, 0).is_none());
+        assert!(waiting_of(&admitted, Stream::Status, &queues, 0).is_some());
+        assert!(waiting_of(&admitted, Stream::Spec, &queues, 0).is_none());
         let mut odd = item("a", "q", 1, 1);
         odd.metadata.resource_version = Some("not-a-revision".into());
         assert!(keep(&odd).is_none(), "only etcd revisions are comparable");
@@ -850,7 +959,6 @@ mod tests {
     fn a_waiting_record_stays_small() {
         // 50 000 queued items must fit an agent in well under 30 MB.
         assert!(std::mem::size_of::<Waiting>() <= 64);
-        assert!(std::mem::size_of::<Entry>() <= 64);
     }
 
     #[test]
@@ -874,7 +982,7 @@ mod tests {
         let mut later = item("later", "q", 1, 1);
         later.spec.not_before = Some(Time(t(10)));
         later.spec.queue = Some("q".into());
-        let mut c = cache_with("me", &queues, vec![queued(later)]);
+        let c = cache_with("me", &queues, vec![queued(later)]);
         let at = Instant::now() + Duration::from_secs(60);
         let mut rng = StdRng::seed_from_u64(1);
         assert!(matches!(
@@ -942,36 +1050,39 @@ mod tests {
         );
     }
 
+    fn lease(agent: &str, queues: &str, renewed: Timestamp) -> Lease {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let mut l = Lease::default();
+        l.metadata.name = Some(format!("triad-agent-{agent}"));
+        l.metadata.annotations =
+            Some([(AGENT_QUEUES_ANNOTATION.to_owned(), queues.to_owned())].into());
+        l.spec = Some(LeaseSpec {
+            holder_identity: Some(agent.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(renewed)),
+            ..Default::default()
+        });
+        l
+    }
+
     #[test]
     fn idle_agents_leave_each_new_item_to_its_owner_first() {
         let queues = qs(&[("q", 1)]);
         let agents = ["agent-a", "agent-b", "agent-c"];
-        // Every agent has seen the others hold claims, and none holds one now.
-        let seed: Vec<WorkItem> = agents
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                with_phase(
-                    item(&format!("old-{i}"), "q", 1, i as u64 + 1),
-                    Phase::Running,
-                    Some(a),
-                )
-            })
-            .collect();
+        let now = Instant::now();
         let mut caches: Vec<Cache> = agents
             .iter()
-            .map(|me| cache_with(me, &queues, seed.clone()))
+            .map(|me| {
+                let mut c = cache_with(me, &queues, vec![]);
+                for a in agents {
+                    c.apply_lease(Event::Apply(lease(a, "q", t(0))), now, t(0));
+                }
+                c
+            })
             .collect();
-        for (c, i) in caches.iter_mut().zip(0u64..) {
-            for j in 0..3u64 {
-                let done = with_phase(
-                    item(&format!("old-{j}"), "q", 1, 10 + j),
-                    Phase::Succeeded,
-                    None,
-                );
-                c.apply_item(0, Event::Apply(done));
-            }
-            assert_eq!(c.peer_count(), 3, "agent {i} knows its peers");
+        for (c, i) in caches.iter().zip(0u64..) {
+            assert_eq!(c.live_agents(now).len(), 3, "agent {i} knows its peers");
         }
         let mut owners = 0;
         let mut deferred = 0;
@@ -1001,21 +1112,15 @@ mod tests {
                     }
                     Choice::Nothing => panic!("there is work"),
                 }
-                // The next item: this one is claimed by its owner.
-                c.apply_item(
-                    0,
-                    Event::Apply(with_phase(
-                        item(&name, "q", 1, 200 + n),
-                        Phase::Succeeded,
-                        None,
-                    )),
-                );
+                // The next item: this one is claimed by its owner and leaves the
+                // claimable-items watch.
+                c.apply_item(0, Event::Delete(item(&name, "q", 1, 100 + n)));
             }
         }
         assert_eq!(owners, 30, "exactly one agent claims each new item at once");
         assert_eq!(deferred, 60);
         // Unclaimed after the defer, an item is anyone's.
-        let mut c = cache_with("agent-a", &queues, seed);
+        let c = &mut caches[0];
         c.apply_item(0, Event::Apply(item("late", "q", 1, 999)));
         let later = Instant::now() + ordering::MAX_CLAIM_DEFER;
         assert!(matches!(
@@ -1034,7 +1139,7 @@ mod tests {
     #[test]
     fn weighted_queues_and_empty_ones() {
         let queues = qs(&[("feature", 3), ("bug", 1), ("docs", 5)]);
-        let mut c = cache_with(
+        let c = cache_with(
             "me",
             &queues,
             vec![item("a", "feature", 500, 1), item("b", "bug", 500, 2)],
@@ -1076,10 +1181,8 @@ mod tests {
         let queues = qs(&[("q", 1)]);
         let mut c = cache_with("me", &queues, vec![item("a", "q", 1, 5)]);
         assert!(!c.moved_past("a", 5), "still the version we lost on");
-        c.apply_item(
-            1,
-            Event::Apply(with_phase(item("a", "q", 1, 7), Phase::Running, Some("x"))),
-        );
+        // The winner's claim takes it out of the claimable-items watch.
+        c.apply_item(0, Event::Delete(item("a", "q", 1, 5)));
         assert!(c.moved_past("a", 5), "the winner's claim arrived");
         assert!(c.moved_past("gone", 5), "not in the cache at all");
     }
@@ -1089,25 +1192,93 @@ mod tests {
         let queues = qs(&[("q", 1)]);
         let mut c = cache_with("me", &queues, vec![]);
         c.hold("a");
-        let mine = with_phase(item("a", "q", 1, 5), Phase::Running, Some("me"));
-        c.apply_item(0, Event::Apply(mine));
-        c.apply_item(0, Event::Apply(item("b", "q", 1, 6)));
-        assert_eq!(
-            c.get("a")
-                .and_then(|i| i.metadata.resource_version.as_deref()),
-            Some("5")
-        );
+        let mine = |rv| with_phase(item("a", "q", 1, rv), Phase::Running, Some("me"));
+        c.apply_held(Event::Apply(mine(5)));
+        c.apply_held(Event::Apply(with_phase(
+            item("b", "q", 1, 6),
+            Phase::Running,
+            Some("me"),
+        )));
+        let version = |c: &Cache| c.get("a").and_then(|i| i.metadata.resource_version.clone());
+        assert_eq!(version(&c).as_deref(), Some("5"));
         assert!(c.get("b").is_none());
-        // An older copy from the other stream does not replace a newer one.
-        c.apply_item(1, Event::Apply(item("a", "q", 1, 4)));
-        assert_eq!(
-            c.get("a")
-                .and_then(|i| i.metadata.resource_version.as_deref()),
-            Some("5")
-        );
+        // An older copy (a relist) does not replace a newer one.
+        c.apply_held(Event::InitApply(mine(4)));
+        assert_eq!(version(&c).as_deref(), Some("5"));
         c.release();
         assert!(c.get("a").is_none());
-        assert_eq!(c.peer_count(), 1, "its own claim does not make a peer");
+    }
+
+    #[test]
+    fn leaving_the_held_items_watch_after_our_claim_means_the_item_left_us() {
+        let queues = qs(&[("q", 1)]);
+        let mut c = cache_with("me", &queues, vec![]);
+        let mine = |rv| with_phase(item("a", "q", 1, rv), Phase::Running, Some("me"));
+        c.hold("a");
+        // A leaving event of an earlier attempt of ours, delivered late.
+        c.apply_held(Event::Delete(mine(3)));
+        c.claimed("a", Some(8));
+        assert!(!c.left("a"), "older than our claim: no news");
+        c.apply_held(Event::Apply(mine(8)));
+        assert!(!c.left("a"));
+        // Fenced out: the event carries the item as it was (ours, Running).
+        c.apply_held(Event::Delete(mine(9)));
+        assert!(c.left("a"));
+        assert!(!c.left("b"));
+        // A relist that does not show it is no proof either way.
+        c.hold("x");
+        c.claimed("x", Some(20));
+        c.apply_held(Event::Init);
+        c.apply_held(Event::InitDone);
+        assert!(!c.left("x"));
+        c.release();
+        assert!(!c.left("x"));
+    }
+
+    #[test]
+    fn peers_are_the_fresh_leases_of_agents_sharing_a_queue() {
+        let queues = qs(&[("q", 1), ("r", 1)]);
+        let mut c = Cache::new("me", &queues);
+        let now = Instant::now() + Duration::from_secs(120);
+        let wall = t(1000);
+        let listed = |c: &mut Cache, l| c.apply_lease(Event::InitApply(l), now, wall);
+        c.apply_lease(Event::Init, now, wall);
+        listed(&mut c, lease("me", "q", wall));
+        listed(&mut c, lease("b", "x,r", t(995)));
+        listed(&mut c, lease("other-queue", "x", wall));
+        listed(&mut c, lease("stale", "q", t(900)));
+        let mut unannotated = lease("older", "q", wall);
+        unannotated.metadata.annotations = None;
+        listed(&mut c, unannotated);
+        c.apply_lease(Event::InitDone, now, wall);
+        let mut live = c.live_agents(now);
+        live.sort();
+        assert_eq!(live, ["b", "me"]);
+        // A renewal seen later revives a stale one; a deleted Lease is gone.
+        c.apply_lease(Event::Apply(lease("stale", "q", t(900))), now, wall);
+        c.apply_lease(Event::Delete(lease("b", "r", wall)), now, wall);
+        let mut live = c.live_agents(now);
+        live.sort();
+        assert_eq!(live, ["me", "stale"]);
+        // Silent for two lease durations: presumed gone.
+        assert_eq!(c.live_agents(now + Duration::from_secs(31)), ["me"]);
+        // The window grows with the live agents.
+        let agents = c.live_agents(now).len();
+        assert_eq!(ordering::candidate_window(agents, 1), 4);
+    }
+
+    #[test]
+    fn claimable_watches_exclude_every_phase_but_queued() {
+        let s = claimable_selector("spec.queue", "q");
+        assert!(s.starts_with("spec.queue=q,"));
+        for p in Phase::ALL {
+            let excluded = s.contains(&format!("status.phase!={}", p.as_str()));
+            assert_eq!(excluded, p != Phase::Queued, "{p:?}");
+        }
+        assert_eq!(
+            held_selector("me"),
+            "status.claim.agent=me,status.phase=Running"
+        );
     }
 
     #[test]

@@ -149,15 +149,17 @@ pub enum GiveUp {
 }
 
 /// Whether to stop trying to write an attempt's ending: `view` is the freshest watched
-/// copy of the item (if any), `draining_for` how long the agent has been draining.
+/// copy of the item (if any), `left` whether the watch saw it leave this agent since
+/// the claim, `draining_for` how long the agent has been draining.
 /// Neither the lease nor the number of tries is a reason: the fence makes every try
 /// safe, and an ending never written leaves the item Running until the stall monitor.
 pub fn give_up_writing(
     view: Option<&WorkItem>,
+    left: bool,
     fence: &Fence,
     draining_for: Option<Duration>,
 ) -> Option<GiveUp> {
-    if view.is_some_and(|v| candidates::fenced(v, &fence.agent, fence.epoch)) {
+    if left || view.is_some_and(|v| candidates::fenced(v, &fence.agent, fence.epoch)) {
         return Some(GiveUp::Moved);
     }
     if draining_for.is_some_and(|d| d >= DRAIN_WRITE_GRACE) {
@@ -349,15 +351,19 @@ mod tests {
             epoch: 3,
         };
         let ours = claimed("a", 3, Phase::Running);
-        assert_eq!(give_up_writing(Some(&ours), &fence, None), None);
-        assert_eq!(give_up_writing(None, &fence, None), None, "no view: try");
+        assert_eq!(give_up_writing(Some(&ours), false, &fence, None), None);
         assert_eq!(
-            give_up_writing(Some(&claimed("a", 2, Phase::Queued)), &fence, None),
+            give_up_writing(None, false, &fence, None),
+            None,
+            "no view: try"
+        );
+        assert_eq!(
+            give_up_writing(Some(&claimed("a", 2, Phase::Queued)), false, &fence, None),
             None,
             "a view from before our claim is no news"
         );
         assert_eq!(
-            give_up_writing(Some(&ours), &fence, Some(Duration::from_secs(4))),
+            give_up_writing(Some(&ours), false, &fence, Some(Duration::from_secs(4))),
             None,
             "draining, within the grace"
         );
@@ -376,15 +382,21 @@ mod tests {
             claimed("a", 3, Phase::Succeeded),
         ] {
             assert_eq!(
-                give_up_writing(Some(&moved), &fence, None),
+                give_up_writing(Some(&moved), false, &fence, None),
                 Some(GiveUp::Moved),
                 "{:?}",
                 moved.status
             );
         }
         assert_eq!(
+            give_up_writing(Some(&claimed("a", 3, Phase::Running)), true, &fence, None),
+            Some(GiveUp::Moved),
+            "the held-items watch saw it leave us after our claim"
+        );
+        assert_eq!(
             give_up_writing(
                 Some(&claimed("a", 3, Phase::Running)),
+                false,
                 &fence,
                 Some(DRAIN_WRITE_GRACE)
             ),

@@ -78,8 +78,16 @@ impl LeaseHealth {
 #[derive(Clone)]
 pub struct LeaseSpec {
     pub agent: String,
+    /// The queues it serves, announced on the Lease for the agent's peers.
+    pub queues: Vec<String>,
     pub owner: Option<OwnerReference>,
     pub duration: Duration,
+}
+
+impl LeaseSpec {
+    fn queue_names(&self) -> Vec<&str> {
+        self.queues.iter().map(String::as_str).collect()
+    }
 }
 
 /// Acquires the Lease (retrying transient errors a few times) and starts renewing it.
@@ -90,7 +98,14 @@ pub async fn start(
 ) -> crate::Result<(String, LeaseHealth, tokio::task::JoinHandle<()>)> {
     let mut tries = 0;
     let lease = loop {
-        match AgentLease::acquire(api.clone(), &spec.agent, spec.owner.clone(), spec.duration).await
+        match AgentLease::acquire(
+            api.clone(),
+            &spec.agent,
+            &spec.queue_names(),
+            spec.owner.clone(),
+            spec.duration,
+        )
+        .await
         {
             Ok(l) => break l,
             Err(e) if tries < 10 => {
@@ -135,6 +150,7 @@ async fn renew_forever(
                     if let Ok(l) = AgentLease::acquire(
                         api.clone(),
                         &spec.agent,
+                        &spec.queue_names(),
                         spec.owner.clone(),
                         spec.duration,
                     )

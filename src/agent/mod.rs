@@ -100,12 +100,14 @@ pub async fn run(
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
     let lease_spec = heartbeat::LeaseSpec {
         agent: cfg.name.clone(),
+        queues: cfg.queues.iter().map(|q| q.name.clone()).collect(),
         owner,
         duration: cfg.lease_duration,
     };
-    let (lease_name, lease, renewer) = heartbeat::start(leases, lease_spec, metrics.clone())
-        .await
-        .context("acquiring the agent lease")?;
+    let (lease_name, lease, renewer) =
+        heartbeat::start(leases.clone(), lease_spec, metrics.clone())
+            .await
+            .context("acquiring the agent lease")?;
 
     let items: Api<WorkItem> = Api::namespaced(client.clone(), &cfg.namespace);
     let queues_api: Api<WorkQueue> = Api::namespaced(client.clone(), &cfg.namespace);
@@ -117,6 +119,8 @@ pub async fn run(
     let watches = candidates::spawn_watches(
         items.clone(),
         queues_api,
+        leases,
+        &cfg.name,
         cfg.queues.clone(),
         cache.clone(),
         changed.clone(),
@@ -315,6 +319,12 @@ impl Agent {
                 }
                 match claimed {
                     Ok(item) => {
+                        let created = item
+                            .metadata
+                            .resource_version
+                            .as_deref()
+                            .and_then(|v| v.parse().ok());
+                        lock(&self.cache).claimed(&name, created);
                         // Our claim's old version may still be in the cache for a moment.
                         skip.insert(name.clone(), rv);
                         self.metrics
@@ -493,7 +503,8 @@ impl Agent {
                 &view,
                 &writer.attempt.fence.agent,
                 writer.attempt.fence.epoch,
-            ) {
+            ) || lock(&self.cache).left(&name)
+            {
                 Some(Stop::Fenced)
             } else if let Some(ending) = decide::stop_requested(&view) {
                 Some(Stop::Cancel(ending))
@@ -767,6 +778,7 @@ impl Agent {
                     let cache = lock(&self.cache);
                     decide::give_up_writing(
                         cache.get(name),
+                        cache.left(name),
                         &writer.attempt.fence,
                         drain_since.map(|t| t.elapsed()),
                     )

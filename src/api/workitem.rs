@@ -46,6 +46,7 @@ pub const MAX_INTERVENTION_HISTORY: usize = 20;
     selectable = ".spec.queue",
     selectable = ".status.queue",
     selectable = ".status.phase",
+    selectable = ".status.claim.agent",
     printcolumn(name = "Queue", type_ = "string", json_path = ".spec.queue"),
     printcolumn(
         name = "Type",

@@ -23,19 +23,29 @@ pub struct AgentLease {
     duration: Duration,
 }
 
+/// On an agent's Lease: the queues it serves, comma-separated.
+pub const AGENT_QUEUES_ANNOTATION: &str = "triad.dev/queues";
+
+/// Label every agent Lease carries.
+pub const AGENT_LEASE_SELECTOR: &str = "app.kubernetes.io/component=triad-agent";
+
 impl AgentLease {
-    /// Creates (or takes over) the Lease `triad-agent-<agent>`.
+    /// Creates (or takes over) the Lease `triad-agent-<agent>`, annotated with the
+    /// queues the agent serves so that the agents sharing a queue know each other.
     pub async fn acquire(
         api: Api<Lease>,
         agent: &str,
+        queues: &[&str],
         owner: Option<OwnerReference>,
         duration: Duration,
     ) -> crate::Result<Self> {
         let name = format!("triad-agent-{agent}");
+        let queues = queues.join(",");
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 owner_references: owner.map(|o| vec![o]),
+                annotations: Some([(AGENT_QUEUES_ANNOTATION.to_owned(), queues.clone())].into()),
                 labels: Some(
                     [(
                         "app.kubernetes.io/component".to_owned(),
@@ -57,8 +67,10 @@ impl AgentLease {
             Ok(_) => {}
             Err(e) if is_conflict(&e) => {
                 // Same pod name restarted in place: take the lease over.
-                let body = json!({"spec": {"holderIdentity": agent, "renewTime": micro_now(),
-                    "leaseDurationSeconds": duration.as_secs().max(1)}});
+                let body = json!({
+                    "metadata": {"annotations": {AGENT_QUEUES_ANNOTATION: queues}},
+                    "spec": {"holderIdentity": agent, "renewTime": micro_now(),
+                        "leaseDurationSeconds": duration.as_secs().max(1)}});
                 api.patch(
                     &name,
                     &patch_params(super::managers::AGENT),

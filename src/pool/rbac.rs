@@ -64,7 +64,8 @@ pub fn rules() -> Vec<PolicyRule> {
         rule(
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "create", "update", "patch"],
+            // list and watch: agents learn who shares their queues from the Leases.
+            &["get", "list", "watch", "create", "update", "patch"],
         ),
         // Both Event APIs: kube's Recorder writes events.k8s.io, older tools core/v1.
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
@@ -154,8 +155,10 @@ mod tests {
                 "/events:patch",
                 "coordination.k8s.io/leases:create",
                 "coordination.k8s.io/leases:get",
+                "coordination.k8s.io/leases:list",
                 "coordination.k8s.io/leases:patch",
                 "coordination.k8s.io/leases:update",
+                "coordination.k8s.io/leases:watch",
                 "events.k8s.io/events:create",
                 "events.k8s.io/events:patch",
                 "triad.dev/workitems/status:get",

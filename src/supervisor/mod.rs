@@ -37,13 +37,13 @@ use crate::core::supervision::{
     deadline_passed_at, decide, effective_budget, leftover_conditions, may_reclaim, pod_health,
     reported_violation, stall_since, violation_signal,
 };
+use crate::k8s::lease::AGENT_LEASE_SELECTOR;
 use crate::k8s::queue::ReconcileQueue;
 use crate::k8s::{RoleContext, is_conflict, is_not_found, managers, patch_params};
 
 type Key = (String, String);
 
 /// Label every agent Lease carries.
-const AGENT_LEASE_SELECTOR: &str = "app.kubernetes.io/component=triad-agent";
 /// How often a Running item is looked at when nothing about it changes.
 const RECHECK: Duration = Duration::from_secs(2);
 /// Lease duration assumed for a Lease we have never seen (AgentPool default).

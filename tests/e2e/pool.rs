@@ -577,6 +577,8 @@ async fn agents_get_a_least_privilege_identity() {
         "triad.dev/workqueues:list",
         "triad.dev/workqueues:watch",
         "coordination.k8s.io/leases:get",
+        "coordination.k8s.io/leases:list",
+        "coordination.k8s.io/leases:watch",
         "coordination.k8s.io/leases:create",
         "coordination.k8s.io/leases:update",
         "coordination.k8s.io/leases:patch",

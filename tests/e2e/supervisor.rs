@@ -113,7 +113,7 @@ async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     tokio::time::sleep(LEASE).await;
     // The lease's only renewal is its creation.
     let renewed_at = jiff::Timestamp::now();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-x", None, LEASE)
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-x", &[], None, LEASE)
         .await
         .expect("lease");
     let claimed = claim_as(&items, "w", "agent-x", &lease.name, Some("agent-x")).await;
@@ -206,7 +206,7 @@ async fn no_progress_for_stall_seconds_marks_stalled_and_requests_a_restart() {
     )
     .await;
     let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-s", None, LEASE)
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-s", &[], None, LEASE)
         .await
         .expect("lease");
     let lease_name = lease.name.clone();
@@ -288,7 +288,7 @@ async fn usage_over_budget_warns_then_cuts() {
     )
     .await;
     let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-b", None, LEASE)
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-b", &[], None, LEASE)
         .await
         .expect("lease");
     let lease_name = lease.name.clone();
@@ -352,7 +352,7 @@ async fn restarting_the_supervisor_causes_no_false_reclaim() {
         .await;
     }
     let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-r", None, LEASE)
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-r", &[], None, LEASE)
         .await
         .expect("lease");
     let lease_name = lease.name.clone();
@@ -362,7 +362,7 @@ async fn restarting_the_supervisor_causes_no_false_reclaim() {
     // A control: an agent that never renews. Its reclaim by the restarted supervisor
     // proves that supervisor is judging leases again, so the healthy item's survival
     // below means something.
-    let dead_lease = AgentLease::acquire(ns.api::<Lease>(), "agent-d", None, LEASE)
+    let dead_lease = AgentLease::acquire(ns.api::<Lease>(), "agent-d", &[], None, LEASE)
         .await
         .expect("lease");
     let dead = claim_as(&items, "dead", "agent-d", &dead_lease.name, None).await;
@@ -422,7 +422,7 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
     )
     .await;
     let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-v", None, LEASE)
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-v", &[], None, LEASE)
         .await
         .expect("lease");
     let lease_name = lease.name.clone();
@@ -504,7 +504,7 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
     .await;
 
     // Another agent, serving the experts queue, takes it.
-    let lease2 = AgentLease::acquire(ns.api::<Lease>(), "agent-e", None, LEASE)
+    let lease2 = AgentLease::acquire(ns.api::<Lease>(), "agent-e", &[], None, LEASE)
         .await
         .expect("lease");
     let lease2_name = lease2.name.clone();
@@ -574,7 +574,7 @@ async fn an_attempt_past_its_timeout_is_stopped_as_a_violation() {
     )
     .await;
     let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-t", None, LEASE)
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-t", &[], None, LEASE)
         .await
         .expect("lease");
     let lease_name = lease.name.clone();
@@ -628,12 +628,12 @@ async fn an_unhealthy_agent_pod_loses_only_its_own_items() {
     .await;
     let items: Api<WorkItem> = ns.api();
     // Both holders keep their leases fresh: only the pod's health can be the reason.
-    let bad = AgentLease::acquire(ns.api::<Lease>(), "agent-bad", None, LEASE)
+    let bad = AgentLease::acquire(ns.api::<Lease>(), "agent-bad", &[], None, LEASE)
         .await
         .expect("lease");
     let bad_lease = bad.name.clone();
     let _renew_bad = keep_renewing(bad);
-    let good = AgentLease::acquire(ns.api::<Lease>(), "agent-good", None, LEASE)
+    let good = AgentLease::acquire(ns.api::<Lease>(), "agent-good", &[], None, LEASE)
         .await
         .expect("lease");
     let good_lease = good.name.clone();
