@@ -617,7 +617,7 @@ impl Cache {
 
     /// Chooses a queue by weight among those with items this agent may claim now,
     /// then that queue's best candidates in this agent's order
-    /// ([`ordering::agent_order`], a window of about two per live agent). An item this
+    /// ([`ordering::claim_order`], a window of about two per live agent). An item this
     /// agent does not own among the live agents ([`ordering::standing`]) is tried only
     /// after its defer has passed since it was first seen. Busy agents are not told
     /// apart (their claims are not watched): an item whose owner is busy waits one
@@ -666,16 +666,22 @@ impl Cache {
                 })
                 .collect();
             let mut now_ready = Vec::new();
-            for i in ordering::agent_order(&candidates, &self.me, window, info.aging_seconds, now) {
-                // The run loop stops at its first win or loss; a few are plenty, and
-                // ranking the other agents for the rest is work done on every event.
+            let order = ordering::claim_order(
+                &candidates,
+                &self.me,
+                &live,
+                window,
+                info.aging_seconds,
+                now,
+            );
+            for ordering::Ordered { index, standing } in order {
+                // The run loop stops at its first win or loss; a few are plenty.
                 if now_ready.len() >= READY_PER_PICK {
                     break;
                 }
-                let (name, w) = items[i];
+                let (name, w) = items[index];
                 let target = Target::of(name, w, self.born);
-                let from = target.seen
-                    + ordering::claim_defer(ordering::standing(&self.me, &live, name), defer_step);
+                let from = target.seen + ordering::claim_defer(standing, defer_step);
                 if from <= at {
                     now_ready.push(target);
                 } else {

@@ -221,6 +221,54 @@ pub fn agent_order(
     best_k(ranked, k)
 }
 
+/// One candidate of [`claim_order`]: its index and where the agent stands for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ordered {
+    pub index: usize,
+    pub standing: usize,
+}
+
+/// The order in which agent `me` tries candidates when `live` (itself included) are
+/// the agents serving the queue: its window of the best `k` in queue order
+/// ([`agent_order`]: priority with aging, then creation), then within the window the
+/// items it stands best for first, each with its [`standing`]. Only a higher
+/// priority (before aging) still comes first inside the window.
+///
+/// Why not strict queue order inside the window: when every agent takes the oldest
+/// items first, all of them converge on the last few unclaimed items of the oldest
+/// second, and many of those are already claimed by an agent whose claim has not yet
+/// reached the others' caches: lost races, each a refused write. With the window
+/// about two items per agent, each agent owns a couple of items in it and takes those,
+/// so two agents reach for the same item only when one has run out of its own. FIFO
+/// holds across windows; within one, `k` items run in parallel anyway.
+pub fn claim_order(
+    candidates: &[Candidate<'_>],
+    me: &str,
+    live: &[&str],
+    k: usize,
+    aging_seconds: i64,
+    now: Timestamp,
+) -> Vec<Ordered> {
+    let order = agent_order(candidates, me, k, aging_seconds, now);
+    // The agent's own position last keeps queue order among equal standings.
+    let mut keyed: Vec<(Reverse<i32>, usize, usize)> = order
+        .iter()
+        .enumerate()
+        .map(|(position, &index)| {
+            let c = &candidates[index];
+            (Reverse(c.priority), standing(me, live, c.name), position)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed
+        .into_iter()
+        .map(|(_, standing, position)| Ordered {
+            index: order[position],
+            standing,
+        })
+        .collect()
+}
+
 /// One of an agent pool's queues, for [`weighted_queue_pick`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightedQueue {
@@ -496,6 +544,62 @@ mod tests {
         // A partial selection still returns this agent's best k, in its order.
         let all = agent_order(&cs, "agent-1", 100, 0, t(8));
         assert_eq!(agent_order(&cs, "agent-1", 10, 0, t(8)), all[..10].to_vec());
+    }
+
+    #[test]
+    fn in_a_backlog_each_agent_first_takes_an_item_it_owns() {
+        let names: Vec<String> = (0..100).map(|i| format!("item-{i:03}")).collect();
+        let cs: Vec<Candidate<'_>> = names.iter().map(|n| c(n, 500, 7)).collect();
+        let agents: Vec<String> = (0..20).map(|a| format!("agent-{a}")).collect();
+        let live: Vec<&str> = agents.iter().map(String::as_str).collect();
+        let firsts: Vec<Ordered> = live
+            .iter()
+            .map(|me| claim_order(&cs, me, &live, 40, 0, t(8))[0])
+            .collect();
+        assert!(
+            firsts.iter().all(|o| o.standing == 0),
+            "each of 20 agents owns some of 100 items in its window of 40"
+        );
+        let distinct: std::collections::BTreeSet<usize> = firsts.iter().map(|o| o.index).collect();
+        assert_eq!(
+            distinct.len(),
+            20,
+            "so no two agents reach for the same item"
+        );
+        // Priority still comes first, whatever the standing.
+        let mixed = [
+            c("old-low", 1, 2),
+            c("new-high", 900, 5),
+            c("old-mid", 500, 2),
+        ];
+        for me in &live {
+            let order: Vec<&str> = claim_order(&mixed, me, &live, 3, 0, t(10))
+                .into_iter()
+                .map(|o| mixed[o.index].name)
+                .collect();
+            assert_eq!(order, ["new-high", "old-mid", "old-low"]);
+        }
+        // Within a priority, standing decides (creation only chose the window), and it
+        // is reported.
+        let spread: Vec<Candidate<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| c(n, 500, i as i64 / 10))
+            .collect();
+        let order = claim_order(&spread, "agent-3", &live, 40, 0, t(20));
+        assert!(order.windows(2).all(|w| w[0].standing <= w[1].standing));
+        for o in &order {
+            assert_eq!(o.standing, standing("agent-3", &live, spread[o.index].name));
+        }
+        let window: Vec<usize> = agent_order(&spread, "agent-3", 40, 0, t(20));
+        let mut chosen: Vec<usize> = order.iter().map(|o| o.index).collect();
+        chosen.sort_unstable();
+        let mut expected = window.clone();
+        expected.sort_unstable();
+        assert_eq!(
+            chosen, expected,
+            "the window is the agent's best 40 in queue order"
+        );
     }
 
     #[test]

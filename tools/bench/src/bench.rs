@@ -244,6 +244,18 @@ fn mutating(samples: &[Sample], resource: &str) -> f64 {
     })
 }
 
+/// Watch events the API server sent for WorkItems, to all watchers together: the
+/// fan-out that the agents' watch selectors decide.
+fn workitem_watch_events(samples: &[Sample]) -> f64 {
+    sum(samples, "apiserver_watch_events_total", |l| {
+        l.get("resource")
+            .or_else(|| l.get("kind"))
+            .map(String::as_str)
+            == Some("workitems")
+            || l.get("kind").map(String::as_str) == Some("WorkItem")
+    })
+}
+
 /// Mutating requests on `resource` refused with 409 Conflict (lost claim races).
 fn conflict_requests(samples: &[Sample], resource: &str) -> f64 {
     sum(samples, "apiserver_request_total", |l| {
@@ -471,6 +483,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             - conflict_requests(&api_before, "workitems"))
             / m as f64;
         let aw = (all_mutating(&api_after) - all_mutating(&api_before)) / m as f64;
+        let events =
+            (workitem_watch_events(&api_after) - workitem_watch_events(&api_before)) / m as f64;
         let attempts = sum(&agents_after, "triad_agent_claim_attempts_total", |_| true)
             - sum(&agents_before, "triad_agent_claim_attempts_total", |_| true);
         let confl = sum(&agents_after, "triad_agent_claim_conflicts_total", |_| true)
@@ -478,12 +492,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 true
             });
         log(format!(
-            "{n} agents: {m} items in {elapsed:.1} s = {rate:.1} items/s (created in {created_s:.1} s); workitem writes/item {wi:.2}, all writes/item {aw:.2}; claim attempts {attempts} conflicts {confl}"
+            "{n} agents: {m} items in {elapsed:.1} s = {rate:.1} items/s (created in {created_s:.1} s); workitem writes/item {wi:.2}, all writes/item {aw:.2}, watch events/item {events:.1}; claim attempts {attempts} conflicts {confl}"
         ));
         items_per_s.insert(n.to_string(), json!(round(rate, 1)));
         runs.push(json!({"agents": n, "items": m, "seconds": round(elapsed, 2), "create_seconds": round(created_s, 2),
             "items_per_s": round(rate, 1), "workitem_writes_per_item": round(wi, 3), "workitem_409_per_item": round(c409, 3), "all_writes_per_item": round(aw, 3),
-            "claim_attempts": attempts, "claim_conflicts": confl,
+            "watch_events_per_item": round(events, 1), "claim_attempts": attempts, "claim_conflicts": confl,
             "conflicts_per_claim": if attempts > 0.0 { round(confl / attempts, 3) } else { 0.0 }}));
         if n == max_agents {
             writes_per_item = wi;
