@@ -252,6 +252,20 @@ impl Store {
     }
 }
 
+/// The records of a finished (re)list, copied into fresh allocations. The names were
+/// allocated one by one between the listed objects' much larger, short-lived
+/// allocations; copied after those are freed, they pack into a few pages and the
+/// allocator can give the rest back to the system.
+fn compacted(items: HashMap<Box<str>, Waiting>) -> HashMap<Box<str>, Waiting> {
+    let mut fresh = HashMap::with_capacity(items.len());
+    fresh.extend(
+        items
+            .iter()
+            .map(|(name, w)| (Box::from(&**name), w.clone())),
+    );
+    fresh
+}
+
 /// Another agent serving one of our queues, as its Lease shows it.
 #[derive(Clone, Copy, Debug)]
 struct Peer {
@@ -451,7 +465,7 @@ impl Cache {
             }
             Event::InitDone => {
                 if let Some(relist) = store.relist.take() {
-                    store.items = relist;
+                    store.items = compacted(relist);
                 }
                 store.synced = true;
                 return;

@@ -160,9 +160,10 @@ pub fn standing(me: &str, idle: &[&str], item: &str) -> usize {
 }
 
 /// How long an agent lets each agent ahead of it take an item before it tries itself:
-/// about the time the owner's claim (one write) takes to reach the others' watches,
-/// which is a few claim round trips. So the agent scales its step with its own
-/// recent claim round trip, within these bounds.
+/// about the time the owner's claim (one write) takes to reach the others' watches:
+/// the claim's round trip, and about as long again for the watch. So the agent scales
+/// its step with its own recent claim round trip (two of them), within these bounds.
+/// A longer step costs idle agents latency whenever an item's owner is busy.
 pub const MIN_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(25);
 pub const MAX_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -171,7 +172,7 @@ pub const MAX_CLAIM_DEFER: std::time::Duration = std::time::Duration::from_secs(
 
 /// The defer step for an agent whose claims recently took `claim_round_trip`.
 pub fn claim_defer_step(claim_round_trip: std::time::Duration) -> std::time::Duration {
-    (claim_round_trip * 3).clamp(MIN_CLAIM_DEFER_STEP, MAX_CLAIM_DEFER_STEP)
+    (claim_round_trip * 2).clamp(MIN_CLAIM_DEFER_STEP, MAX_CLAIM_DEFER_STEP)
 }
 
 /// How long an agent at `standing` waits before trying an item it does not own: one
@@ -230,17 +231,17 @@ pub struct Ordered {
 
 /// The order in which agent `me` tries candidates when `live` (itself included) are
 /// the agents serving the queue: its window of the best `k` in queue order
-/// ([`agent_order`]: priority with aging, then creation), then within the window the
-/// items it stands best for first, each with its [`standing`]. Only a higher
-/// priority (before aging) still comes first inside the window.
+/// ([`agent_order`]), and within one priority and creation second the items it stands
+/// best for first, each with its [`standing`].
 ///
-/// Why not strict queue order inside the window: when every agent takes the oldest
-/// items first, all of them converge on the last few unclaimed items of the oldest
-/// second, and many of those are already claimed by an agent whose claim has not yet
-/// reached the others' caches: lost races, each a refused write. With the window
-/// about two items per agent, each agent owns a couple of items in it and takes those,
-/// so two agents reach for the same item only when one has run out of its own. FIFO
-/// holds across windows; within one, `k` items run in parallel anyway.
+/// Why standing and not only the agent's own preference: in a backlog every item has
+/// waited longer than any defer, so the defer no longer keeps agents apart, and an
+/// agent's favourite items that are still unclaimed in its (slightly late) cache are
+/// often the ones their owners have just claimed. Taking the items it owns first means
+/// two agents reach for the same item mostly when one has run out of its own in the
+/// oldest second. The creation second stays ahead of standing so that the items of a
+/// busy owner are taken by the next agent in line before newer items are, not left
+/// behind.
 pub fn claim_order(
     candidates: &[Candidate<'_>],
     me: &str,
@@ -250,19 +251,24 @@ pub fn claim_order(
     now: Timestamp,
 ) -> Vec<Ordered> {
     let order = agent_order(candidates, me, k, aging_seconds, now);
-    // The agent's own position last keeps queue order among equal standings.
-    let mut keyed: Vec<(Reverse<i32>, usize, usize)> = order
+    // The agent's own position last keeps its order among equal standings.
+    let mut keyed: Vec<(Reverse<i64>, i64, usize, usize)> = order
         .iter()
         .enumerate()
         .map(|(position, &index)| {
-            let c = &candidates[index];
-            (Reverse(c.priority), standing(me, live, c.name), position)
+            let Rank(priority, created, name) = rank(&candidates[index], aging_seconds, now);
+            (
+                priority,
+                created.as_second(),
+                standing(me, live, name),
+                position,
+            )
         })
         .collect();
     keyed.sort_unstable();
     keyed
         .into_iter()
-        .map(|(_, standing, position)| Ordered {
+        .map(|(_, _, standing, position)| Ordered {
             index: order[position],
             standing,
         })
@@ -493,7 +499,7 @@ mod tests {
         assert_eq!(claim_defer_step(Duration::ZERO), MIN_CLAIM_DEFER_STEP);
         assert_eq!(
             claim_defer_step(Duration::from_millis(20)),
-            Duration::from_millis(60)
+            Duration::from_millis(40)
         );
         assert_eq!(
             claim_defer_step(Duration::from_secs(9)),
@@ -579,15 +585,17 @@ mod tests {
                 .collect();
             assert_eq!(order, ["new-high", "old-mid", "old-low"]);
         }
-        // Within a priority, standing decides (creation only chose the window), and it
-        // is reported.
+        // Within a priority and creation second, standing decides, and it is reported;
+        // an older second comes first whatever the standing (a busy owner's items are
+        // taken by the next in line before newer ones).
         let spread: Vec<Candidate<'_>> = names
             .iter()
             .enumerate()
             .map(|(i, n)| c(n, 500, i as i64 / 10))
             .collect();
         let order = claim_order(&spread, "agent-3", &live, 40, 0, t(20));
-        assert!(order.windows(2).all(|w| w[0].standing <= w[1].standing));
+        let key = |o: &Ordered| (spread[o.index].created, o.standing);
+        assert!(order.windows(2).all(|w| key(&w[0]) <= key(&w[1])));
         for o in &order {
             assert_eq!(o.standing, standing("agent-3", &live, spread[o.index].name));
         }

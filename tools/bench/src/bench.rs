@@ -617,14 +617,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let pods = wait_pool_ready(&client, ns, "idle", 1, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let pod_name = pods[0].metadata.name.clone().unwrap_or_default();
-    let agent_rss = pod_pids(&a.state_dir, ns)
+    let agent = pod_pids(&a.state_dir, ns)
         .into_iter()
         .find(|(p, _, _)| *p == pod_name)
-        .and_then(|(_, _, pgid)| agent_pid(pgid))
-        .and_then(rss_mb)
-        .unwrap_or(0.0);
+        .and_then(|(_, _, pgid)| agent_pid(pgid));
+    let agent_rss = agent.and_then(rss_mb).unwrap_or(0.0);
+    // Anonymous memory is the agent's own data; file-backed is mostly its binary's pages.
+    let (agent_anon, agent_file) = agent.and_then(rss_parts_mb).unwrap_or((0.0, 0.0));
     log(format!(
-        "agent RSS with {} items queued {agent_rss:.1} MB",
+        "agent RSS with {} items queued {agent_rss:.1} MB (anonymous {agent_anon:.1}, file-backed {agent_file:.1})",
         a.big
     ));
     let op_rss_big2 = rss_mb(op.pid()).unwrap_or(0.0);
@@ -661,6 +662,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "conflicts_method": "agents' triad_agent_claim_conflicts_total / triad_agent_claim_attempts_total over the run with the most agents",
         "operator_rss_mb": {"idle": round(op_rss_idle, 1), "with_50k_items": round(op_rss_big.max(op_rss_big2), 1)},
         "agent_rss_mb": round(agent_rss, 1),
+        "agent_rss_parts_mb": {"anonymous": round(agent_anon, 1), "file": round(agent_file, 1)},
         "items_stored": a.big,
         "create_rate_per_s": round(create_rate, 1),
         "scheduler_reconcile_ms": {"p50": sched_p50, "p99": sched_p99, "reconciles": reconciles,

@@ -347,6 +347,22 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// `RssAnon` and `RssFile` of a process, in MB.
+pub fn rss_parts_mb(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
+}
+
 /// Pod directories of the node runner for a namespace: (pod name, pid of its process group).
 pub fn pod_pids(state_dir: &Path, ns: &str) -> Vec<(String, PathBuf, u32)> {
     let mut out = Vec::new();
