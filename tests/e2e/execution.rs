@@ -168,6 +168,17 @@ async fn an_item_whose_agent_pod_is_killed_runs_again_elsewhere() {
         (i.phase() == Some(Phase::Running)).then_some(claim)
     })
     .await;
+    // Kill it once the work has started (claimed is not yet running: under load the
+    // pod could die between the claim and the work's first line).
+    wait_for(
+        Duration::from_secs(30),
+        "the first attempt started",
+        || async {
+            let runs = std::fs::read_to_string(&log).unwrap_or_default();
+            runs.lines().any(|l| l.contains("/victim 1 ")).then_some(())
+        },
+    )
+    .await;
     let pod = first.pod.clone().unwrap_or(first.agent.clone());
     ns.api::<Pod>()
         .delete(
