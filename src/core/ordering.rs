@@ -164,7 +164,8 @@ pub fn standing(me: &str, idle: &[&str], item: &str) -> usize {
 /// the claim's round trip, and about as long again for the watch. So the agent scales
 /// its step with its own recent claim round trip (two of them), within these bounds.
 /// A longer step costs idle agents latency whenever an item's owner is busy.
-pub const MIN_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(25);
+/// The floor is about an idle claim's round trip on a quiet API server.
+pub const MIN_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(10);
 pub const MAX_CLAIM_DEFER_STEP: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The longest an agent leaves an item to others, whatever its standing.
