@@ -85,8 +85,17 @@ pub struct LeaseSpec {
 }
 
 impl LeaseSpec {
-    fn queue_names(&self) -> Vec<&str> {
-        self.queues.iter().map(String::as_str).collect()
+    /// Creates (or takes over) the agent's Lease.
+    async fn acquire(&self, api: &Api<Lease>) -> crate::Result<AgentLease> {
+        let queues: Vec<&str> = self.queues.iter().map(String::as_str).collect();
+        AgentLease::acquire(
+            api.clone(),
+            &self.agent,
+            &queues,
+            self.owner.clone(),
+            self.duration,
+        )
+        .await
     }
 }
 
@@ -98,15 +107,7 @@ pub async fn start(
 ) -> crate::Result<(String, LeaseHealth, tokio::task::JoinHandle<()>)> {
     let mut tries = 0;
     let lease = loop {
-        match AgentLease::acquire(
-            api.clone(),
-            &spec.agent,
-            &spec.queue_names(),
-            spec.owner.clone(),
-            spec.duration,
-        )
-        .await
-        {
+        match spec.acquire(&api).await {
             Ok(l) => break l,
             Err(e) if tries < 10 => {
                 tries += 1;
@@ -147,15 +148,7 @@ async fn renew_forever(
                 tracing::warn!(error = %e, lease = %lease.name, "lease renewal failed");
                 if gone {
                     // Someone deleted it: create it again (re-acquire).
-                    if let Ok(l) = AgentLease::acquire(
-                        api.clone(),
-                        &spec.agent,
-                        &spec.queue_names(),
-                        spec.owner.clone(),
-                        spec.duration,
-                    )
-                    .await
-                    {
+                    if let Ok(l) = spec.acquire(&api).await {
                         lease = l;
                         health.renewed();
                         wait = interval;
