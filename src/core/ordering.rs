@@ -184,49 +184,6 @@ pub fn claim_defer(standing: usize, step: std::time::Duration) -> std::time::Dur
     step.saturating_mul(steps).min(MAX_CLAIM_DEFER)
 }
 
-/// How long each agent's turn lasts once an item's cascade is over (see
-/// [`claim_wait`]); the same in every agent, so that turns line up by the clock.
-pub const CLAIM_TURN: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// How long the agent at `standing` among `agents` live agents must still wait before
-/// it may try an item it first saw `waited` ago, at wall-clock time `now_ms`; zero when
-/// it may try now.
-///
-/// First the cascade: the owner at once, then one more agent each step, cumulatively,
-/// until every agent has had its step. Past that, the item is no longer fresh, every
-/// agent would be eligible, and in a backlog they would all reach for the same oldest
-/// items from slightly late caches. So from then on the item is claimable by one agent
-/// at a time: turns of [`CLAIM_TURN`] by the wall clock go round the agents in standing
-/// order, the same for all of them. An item whose owner is busy still reaches an idle
-/// agent within a round of turns.
-pub fn claim_wait(
-    standing: usize,
-    agents: usize,
-    waited: std::time::Duration,
-    step: std::time::Duration,
-    now_ms: i64,
-) -> std::time::Duration {
-    use std::time::Duration;
-    let agents = agents.max(1);
-    let cascade = claim_defer(agents, step);
-    if waited < cascade {
-        return claim_defer(standing, step).saturating_sub(waited);
-    }
-    let turn_ms = i64::try_from(CLAIM_TURN.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
-    let turns = i64::try_from(agents).unwrap_or(i64::MAX);
-    let current = now_ms.div_euclid(turn_ms).rem_euclid(turns);
-    let mine = i64::try_from(standing % agents).unwrap_or(0);
-    let ahead = (mine - current).rem_euclid(turns);
-    if ahead == 0 {
-        Duration::ZERO
-    } else {
-        let ms = ahead * turn_ms - now_ms.rem_euclid(turn_ms);
-        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-    }
-}
-
 /// How many candidates an agent considers: about two per agent competing for the
 /// queue, so that agents choosing at the same moment mostly choose different items, and
 /// at least `floor` (the agent's `--claim-top-k`).
@@ -652,34 +609,6 @@ mod tests {
             chosen, expected,
             "the window is the agent's best 40 in queue order"
         );
-    }
-
-    #[test]
-    fn a_fresh_item_cascades_then_an_old_one_goes_round_one_agent_at_a_time() {
-        use std::time::Duration;
-        let step = Duration::from_millis(20);
-        // Fresh: the owner at once, standing 2 after two steps, cumulatively.
-        assert_eq!(claim_wait(0, 5, Duration::ZERO, step, 0), Duration::ZERO);
-        assert_eq!(claim_wait(2, 5, Duration::ZERO, step, 0), step * 2);
-        assert_eq!(claim_wait(2, 5, step * 3, step, 0), Duration::ZERO);
-        // Old (waited past every agent's step): exactly one agent per turn, every agent
-        // within one round, and the wait is until the start of its turn.
-        let old = step * 5;
-        let turn = CLAIM_TURN.as_millis() as i64;
-        for now_ms in [0, 37, turn, 3 * turn + 99, 1_893_456_000_123] {
-            let eligible: Vec<usize> = (0..5)
-                .filter(|s| claim_wait(*s, 5, old, step, now_ms).is_zero())
-                .collect();
-            assert_eq!(eligible.len(), 1, "at {now_ms}");
-            for s in 0..5 {
-                let wait = claim_wait(s, 5, old, step, now_ms);
-                assert!(wait < CLAIM_TURN * 5);
-                let then = now_ms + wait.as_millis() as i64;
-                assert!(claim_wait(s, 5, old, step, then).is_zero(), "{s} at {then}");
-            }
-        }
-        // A lone agent never waits for an old item.
-        assert!(claim_wait(0, 1, old, step, 12_345).is_zero());
     }
 
     #[test]
