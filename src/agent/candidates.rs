@@ -252,20 +252,6 @@ impl Store {
     }
 }
 
-/// The records of a finished (re)list, copied into fresh allocations. The names were
-/// allocated one by one between the listed objects' much larger, short-lived
-/// allocations; copied after those are freed, they pack into a few pages and the
-/// allocator can give the rest back to the system.
-fn compacted(items: HashMap<Box<str>, Waiting>) -> HashMap<Box<str>, Waiting> {
-    let mut fresh = HashMap::with_capacity(items.len());
-    fresh.extend(
-        items
-            .iter()
-            .map(|(name, w)| (Box::from(&**name), w.clone())),
-    );
-    fresh
-}
-
 /// Another agent serving one of our queues, as its Lease shows it.
 #[derive(Clone, Copy, Debug)]
 struct Peer {
@@ -397,10 +383,14 @@ impl Cache {
         });
     }
 
-    /// Our claim of the held item succeeded, creating `resource_version`.
-    pub fn claimed(&mut self, name: &str, resource_version: Option<u64>) {
-        if let Some(held) = self.held.as_mut().filter(|h| h.name == name) {
-            held.claimed = resource_version;
+    /// Our claim of the held item succeeded; `item` is the claim's response.
+    pub fn claimed(&mut self, item: &WorkItem) {
+        if let Some(held) = self
+            .held
+            .as_mut()
+            .filter(|h| item.metadata.name.as_deref() == Some(h.name.as_str()))
+        {
+            held.claimed = revision(item);
         }
     }
 
@@ -432,17 +422,26 @@ impl Cache {
         }
     }
 
-    fn merged(stores: &[Store]) -> HashMap<&str, &Waiting> {
-        let mut all: HashMap<&str, &Waiting> = HashMap::new();
-        for (name, w) in stores.iter().flat_map(|s| s.items.iter()) {
-            match all.get(&**name) {
-                Some(existing) if w.resource_version <= existing.resource_version => {}
-                _ => {
-                    all.insert(name, w);
-                }
-            }
-        }
-        all
+    /// Every item once, at its newest version across the stores (the first store wins
+    /// a tie). An item sits in two stores only while one watch lags the other, so one
+    /// lookup per other store is cheaper than collecting all items into a new map on
+    /// every pick.
+    fn newest(stores: &[Store]) -> impl Iterator<Item = (&str, &Waiting)> {
+        stores.iter().enumerate().flat_map(move |(i, store)| {
+            store
+                .items
+                .iter()
+                .filter(move |(name, w)| {
+                    !stores.iter().enumerate().any(|(j, other)| {
+                        j != i
+                            && other.items.get(&**name).is_some_and(|o| {
+                                o.resource_version > w.resource_version
+                                    || (o.resource_version == w.resource_version && j < i)
+                            })
+                    })
+                })
+                .map(|(name, w)| (&**name, w))
+        })
     }
 
     fn apply_item(&mut self, stream: usize, event: Event<WorkItem>) {
@@ -465,7 +464,7 @@ impl Cache {
             }
             Event::InitDone => {
                 if let Some(relist) = store.relist.take() {
-                    store.items = compacted(relist);
+                    store.items = relist;
                 }
                 store.synced = true;
                 return;
@@ -653,7 +652,7 @@ impl Cache {
             .map(|q| self.queues.get(&q.name).copied().unwrap_or(DEFAULT_QUEUE))
             .collect();
         let mut per_queue: Vec<Vec<(&str, &Waiting)>> = vec![Vec::new(); infos.len()];
-        for (name, w) in Cache::merged(&self.stores) {
+        for (name, w) in Cache::newest(&self.stores) {
             let Some(info) = infos.get(usize::from(w.queue)) else {
                 continue;
             };
@@ -815,11 +814,6 @@ pub fn spawn_watches(
     tasks
 }
 
-/// Number of claimable-items watches [`spawn_watches`] feeds for `queues`.
-pub fn item_streams(queues: &[QueueWeight]) -> usize {
-    queues.len() * 2
-}
-
 /// The item is no longer ours: a newer epoch (fenced out), or the same epoch under
 /// another agent, or it left Running (cancelled, finished) without us.
 pub fn fenced(view: &WorkItem, agent: &str, epoch: i64) -> bool {
@@ -895,7 +889,7 @@ mod tests {
         for i in items {
             c.apply_item(0, Event::Apply(i));
         }
-        for s in 0..item_streams(queues) {
+        for s in 0..c.stores.len() {
             c.apply_item(s, Event::InitDone);
         }
         c.apply_queue(Event::InitDone);
@@ -1237,7 +1231,7 @@ mod tests {
         c.hold("a");
         // A leaving event of an earlier attempt of ours, delivered late.
         c.apply_held(Event::Delete(mine(3)));
-        c.claimed("a", Some(8));
+        c.claimed(&mine(8));
         assert!(!c.left("a"), "older than our claim: no news");
         c.apply_held(Event::Apply(mine(8)));
         assert!(!c.left("a"));
@@ -1247,7 +1241,11 @@ mod tests {
         assert!(!c.left("b"));
         // A relist that does not show it is no proof either way.
         c.hold("x");
-        c.claimed("x", Some(20));
+        c.claimed(&with_phase(
+            item("x", "q", 1, 20),
+            Phase::Running,
+            Some("me"),
+        ));
         c.apply_held(Event::Init);
         c.apply_held(Event::InitDone);
         assert!(!c.left("x"));

@@ -319,12 +319,7 @@ impl Agent {
                 }
                 match claimed {
                     Ok(item) => {
-                        let created = item
-                            .metadata
-                            .resource_version
-                            .as_deref()
-                            .and_then(|v| v.parse().ok());
-                        lock(&self.cache).claimed(&name, created);
+                        lock(&self.cache).claimed(&item);
                         // Our claim's old version may still be in the cache for a moment.
                         skip.insert(name.clone(), rv);
                         self.metrics
