@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -434,6 +434,55 @@ async fn a_fenced_out_agent_cannot_complete_and_carries_on() {
             .await,
         1.0
     );
+}
+
+/// The held-items watch is the agent's only news of an item that leaves it without a
+/// fence-out first (here: deleted); the work must stop, not run to its end.
+#[tokio::test]
+async fn an_agent_whose_item_is_deleted_stops_the_work() {
+    let ns = TestNamespace::new("agent-deleted").await;
+    let api: Api<WorkItem> = ns.api();
+    let dir = scratch(&ns);
+    let ran = dir.join("ran.log");
+    let ran_s = ran.to_string_lossy().into_owned();
+    let script = r#"sleep 30; echo "$TRIAD_ITEM" >> "$RAN_LOG""#;
+    let mut agent = Agent::start(
+        &ns,
+        &dir,
+        "deleted",
+        &[("RAN_LOG", &ran_s)],
+        &["sh", "-c", script],
+    );
+    agent.wait_ready().await;
+
+    create(&api, "doomed", json!({})).await;
+    wait_item(&api, "doomed", Duration::from_secs(20), "claimed", |wi| {
+        claimed_by(wi) == Some("deleted")
+    })
+    .await;
+    api.delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete the held item");
+
+    // At once (the watch event), not at its next refused write some 10 s later.
+    wait_for(
+        Duration::from_secs(8),
+        "the agent gave up the deleted item",
+        || async {
+            (agent
+                .metric("triad_agent_items_total{outcome=\"Fenced\"}")
+                .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&ran).unwrap_or_default();
+    assert!(
+        !log.contains("/doomed"),
+        "the work was stopped, not finished: {log}"
+    );
+    assert!(agent.running(), "the agent carries on");
 }
 
 #[tokio::test]
