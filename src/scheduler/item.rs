@@ -393,44 +393,29 @@ fn waiting_or_admitted(
         );
     }
     if view.payload_bytes > MAX_PAYLOAD_BYTES {
-        let mut m = set_phase(Phase::Failed, now);
-        m.insert(
-                    "lastError".into(),
-                    error_json(
-                        "PayloadTooLarge",
-                        Some(format!(
-                            "spec.payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}: store large inputs elsewhere and pass a reference",
-                            view.payload_bytes
-                        )),
-                        status.attempt,
-                        now,
-                    ),
-                );
-        return Plan {
-            status: Some(m),
-            counted: Some("failed"),
-            finished: true,
-            event: Some(("PayloadTooLarge", "spec.payload is over 64 KiB".into())),
-            ..Plan::default()
-        };
+        return failed(
+            "PayloadTooLarge",
+            format!(
+                "spec.payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}: store large inputs elsewhere and pass a reference",
+                view.payload_bytes
+            ),
+            "spec.payload is over 64 KiB".into(),
+            status.attempt,
+            now,
+        );
     }
     if let Some(deep) = item.spec.payload.as_ref().and_then(FreeForm::too_deep) {
         let message = format!(
             "{}: flatten it or pass it by reference (for example an object-storage URL)",
             deep.describe("spec.payload")
         );
-        let mut m = set_phase(Phase::Failed, now);
-        m.insert(
-            "lastError".into(),
-            error_json(PAYLOAD_TOO_DEEP, Some(message.clone()), status.attempt, now),
+        return failed(
+            PAYLOAD_TOO_DEEP,
+            message.clone(),
+            message,
+            status.attempt,
+            now,
         );
-        return Plan {
-            status: Some(m),
-            counted: Some("failed"),
-            finished: true,
-            event: Some((PAYLOAD_TOO_DEEP, message)),
-            ..Plan::default()
-        };
     }
     let Route::To(queue) = &view.route else {
         return explain_plan(item, view, Phase::Pending, now);
@@ -444,26 +429,14 @@ fn waiting_or_admitted(
         now,
     ) {
         Admission::FailDependency { dependency } => {
-            let mut m = set_phase(Phase::Failed, now);
-            m.insert(
-                "lastError".into(),
-                error_json(
-                    DEPENDENCY_FAILED,
-                    Some(format!("dependency {dependency} did not succeed")),
-                    status.attempt,
-                    now,
-                ),
-            );
-            Plan {
-                status: Some(m),
-                event: Some((
-                    DEPENDENCY_FAILED,
-                    format!("dependency {dependency} did not succeed"),
-                )),
-                counted: Some("failed"),
-                finished: true,
-                ..Plan::default()
-            }
+            let message = format!("dependency {dependency} did not succeed");
+            failed(
+                DEPENDENCY_FAILED,
+                message.clone(),
+                message,
+                status.attempt,
+                now,
+            )
         }
         Admission::Wait { why } => {
             let mut plan = explain_plan(item, view, Phase::Pending, now);
@@ -536,6 +509,28 @@ fn cancelled(now: Timestamp) -> Plan {
         status: Some(set_phase(Phase::Cancelled, now)),
         event: Some(("Cancelled", "spec.cancel is set".into())),
         counted: Some("cancelled"),
+        finished: true,
+        ..Plan::default()
+    }
+}
+
+/// Ends a waiting item Failed with `reason` as its last error and its event.
+fn failed(
+    reason: &'static str,
+    message: String,
+    event: String,
+    attempt: i32,
+    now: Timestamp,
+) -> Plan {
+    let mut m = set_phase(Phase::Failed, now);
+    m.insert(
+        "lastError".into(),
+        error_json(reason, Some(message), attempt, now),
+    );
+    Plan {
+        status: Some(m),
+        event: Some((reason, event)),
+        counted: Some("failed"),
         finished: true,
         ..Plan::default()
     }

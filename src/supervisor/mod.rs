@@ -43,7 +43,6 @@ use crate::k8s::{RoleContext, is_conflict, is_not_found, managers, patch_params}
 
 type Key = (String, String);
 
-/// Label every agent Lease carries.
 /// How often a Running item is looked at when nothing about it changes.
 const RECHECK: Duration = Duration::from_secs(2);
 /// Lease duration assumed for a Lease we have never seen (AgentPool default).

@@ -135,7 +135,8 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
         .collect::<Vec<_>>()
         .await;
 
-    // Faults, two seconds apart: each kind at least twice.
+    // Faults, each once some items have succeeded since the one before: each kind at
+    // least twice.
     let succeeded = |list: &[WorkItem]| {
         list.iter()
             .filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
@@ -155,14 +156,14 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
     ];
     let t0 = Instant::now();
     let mut injected = Vec::new();
+    let mut done = succeeded(
+        &items
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items,
+    );
     for fault in plan {
-        let done = succeeded(
-            &items
-                .list(&ListParams::default())
-                .await
-                .expect("list")
-                .items,
-        );
         injected.push((fault, done));
         let procs = agent_processes(&ns.name);
         let victim = procs
@@ -206,13 +207,15 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
             _ => {}
         }
         // The next fault once the system has made progress since this one (as the
-        // make-chaos driver does), so every fault meets work it can disturb.
-        wait_for(
+        // make-chaos driver does), so every fault meets work it can disturb. The count
+        // that ends the wait is the one the next fault is injected at.
+        let target = (done + PROGRESS_BETWEEN_FAULTS).min(ITEMS);
+        done = wait_for(
             Duration::from_secs(60),
             "items succeeding again after the fault",
             || async {
                 let now = succeeded(&items.list(&ListParams::default()).await.ok()?.items);
-                (now >= (done + PROGRESS_BETWEEN_FAULTS).min(ITEMS)).then_some(())
+                (now >= target).then_some(now)
             },
         )
         .await;

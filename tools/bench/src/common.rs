@@ -335,11 +335,11 @@ pub fn quantile(b: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
     Some(prev_le)
 }
 
-pub fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// A `kB` line of a `/proc/<pid>/status` text (`name` with its colon), in MB.
+fn status_mb(status: &str, name: &str) -> Option<f64> {
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(name))?
         .split_whitespace()
         .next()?
         .parse()
@@ -347,20 +347,21 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+fn proc_status(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    status_mb(&proc_status(pid)?, "VmRSS:")
+}
+
 /// `RssAnon` and `RssFile` of a process, in MB.
 pub fn rss_parts_mb(pid: u32) -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<f64> {
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kb / 1024.0)
-    };
-    Some((field("RssAnon:")?, field("RssFile:")?))
+    let status = proc_status(pid)?;
+    Some((
+        status_mb(&status, "RssAnon:")?,
+        status_mb(&status, "RssFile:")?,
+    ))
 }
 
 /// Pod directories of the node runner for a namespace: (pod name, pid of its process group).
