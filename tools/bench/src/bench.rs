@@ -248,10 +248,8 @@ fn mutating(samples: &[Sample], resource: &str) -> f64 {
 /// fan-out that the agents' watch selectors decide.
 fn workitem_watch_events(samples: &[Sample]) -> f64 {
     sum(samples, "apiserver_watch_events_total", |l| {
-        l.get("resource")
-            .or_else(|| l.get("kind"))
-            .map(String::as_str)
-            == Some("workitems")
+        // The label is `resource` in current API servers, `kind` in older ones.
+        l.get("resource").map(String::as_str) == Some("workitems")
             || l.get("kind").map(String::as_str) == Some("WorkItem")
     })
 }
