@@ -57,10 +57,7 @@ pub fn work_input(payload: Option<&FreeForm>) -> Result<String, Ending> {
             return Err(Ending::new(
                 OutcomeKind::FailedPermanently,
                 PAYLOAD_TOO_DEEP,
-                format!(
-                    "{}: flatten it or pass it by reference (for example an object-storage URL)",
-                    deep.describe("spec.payload")
-                ),
+                deep.payload_refusal(),
             ));
         }
     };

@@ -65,6 +65,15 @@ impl TooDeep {
             self.depth
         )
     }
+
+    /// Why an item with this payload does not run, as both the scheduler (the item's
+    /// `lastError`) and an agent that claimed it (its outcome) say it.
+    pub fn payload_refusal(&self) -> String {
+        format!(
+            "{}: flatten it or pass it by reference (for example an object-storage URL)",
+            self.describe("spec.payload")
+        )
+    }
 }
 
 impl FreeForm {

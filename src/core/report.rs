@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::waiting::truncate;
-use crate::api::{CPU_SECONDS, Counters, MAX_RESULT_BYTES, WALL_SECONDS};
+use crate::api::{CPU_SECONDS, Counters, MAX_RESULT_BYTES, WALL_SECONDS, depth};
 
 pub const MAX_LINE: usize = 64 * 1024;
 /// `progress.message` and `violation.detail`, in characters (cut beyond).
@@ -240,22 +240,6 @@ fn result(v: &Value) -> Result<Value, ReportError> {
         ));
     }
     Ok(v.clone())
-}
-
-/// Levels of objects and arrays in `v`, counted as serde_json's recursion limit does.
-fn depth(v: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(v, 1)];
-    while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Object(m) => Box::new(m.values()),
-            Value::Array(a) => Box::new(a.iter()),
-            _ => continue,
-        };
-        deepest = deepest.max(d);
-        stack.extend(children.map(|c| (c, d + 1)));
-    }
-    deepest
 }
 
 fn fail(v: &Value) -> Result<FailReport, ReportError> {

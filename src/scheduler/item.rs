@@ -405,10 +405,7 @@ fn waiting_or_admitted(
         );
     }
     if let Some(deep) = item.spec.payload.as_ref().and_then(FreeForm::too_deep) {
-        let message = format!(
-            "{}: flatten it or pass it by reference (for example an object-storage URL)",
-            deep.describe("spec.payload")
-        );
+        let message = deep.payload_refusal();
         return failed(
             PAYLOAD_TOO_DEEP,
             message.clone(),

@@ -18,6 +18,7 @@ use kube::core::Request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
+use triad::agent::report::cut;
 use triad::api::{AgentPool, WorkItem, WorkQueue, WorkRequest};
 use triad::core::graph;
 
@@ -107,11 +108,7 @@ fn short(v: &Value) -> String {
     if s.len() <= 1500 {
         return s;
     }
-    let mut end = 1500;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &s[..end], s.len())
+    format!("{}… ({} bytes)", cut(&s, 1500), s.len())
 }
 
 #[tokio::test]

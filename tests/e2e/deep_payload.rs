@@ -10,24 +10,18 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
-use serde_json::{Value, json};
-use triad::api::{AgentPool, FreeForm, OutcomeKind, Phase, WorkItem, WorkQueue, WorkRequest};
+use serde_json::json;
+use triad::api::{
+    AgentPool, FreeForm, OutcomeKind, Phase, WorkItem, WorkQueue, WorkRequest, find_condition,
+};
 use triad::k8s::fence::{AgentIdentity, Fence, claim, complete_ops, fenced_patch};
 
 use crate::agent::Agent;
+use crate::crd_model::nested;
 use crate::scheduler::start_scheduler;
 use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// `levels` nested objects, `{"d": {"d": … {}}}`.
-fn nested(levels: usize) -> Value {
-    let mut v = json!({});
-    for _ in 1..levels {
-        v = json!({"d": v});
-    }
-    v
-}
 
 async fn wait_item(
     api: &Api<WorkItem>,
@@ -177,10 +171,9 @@ async fn deep_payload_fails_its_item_and_the_scheduler_runs_the_rest() {
     let requests: Api<WorkRequest> = ns.api();
     let condition = wait_for(LONG, "fan: Valid=False", || async {
         let r = requests.get("fan").await.ok()?;
-        r.status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Valid" && c.status == "False")
+        find_condition(&r.status?.conditions, "Valid")
+            .filter(|c| c.status == "False")
+            .cloned()
     })
     .await;
     assert_eq!(condition.reason, "PayloadTooDeep");
@@ -289,10 +282,9 @@ async fn a_deep_pool_template_is_reported_not_crashed_on() {
     let pools: Api<AgentPool> = ns.api();
     let condition = wait_for(LONG, "TemplateValid=False", || async {
         let p = pools.get("deep").await.ok()?;
-        p.status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "TemplateValid" && c.status == "False")
+        find_condition(&p.status?.conditions, "TemplateValid")
+            .filter(|c| c.status == "False")
+            .cloned()
     })
     .await;
     assert_eq!(condition.reason, "InvalidTemplate");

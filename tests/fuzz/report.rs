@@ -16,6 +16,7 @@ use triad::core::report::{
     ReportError, parse_line,
 };
 
+use crate::crd_model::nested;
 use crate::{config, corpus_files};
 
 // ---------------------------------------------------------------------------------
@@ -603,11 +604,6 @@ fn violation_part() -> impl Strategy<Value = Part> {
             valid,
         }
     })
-}
-
-/// An object nested `depth` levels (the object itself is level 1).
-fn nested(depth: usize) -> Value {
-    (1..depth).fold(json!({}), |inner, _| json!({ "n": inner }))
 }
 
 fn result_part() -> impl Strategy<Value = Part> {
