@@ -113,6 +113,18 @@ impl Agent {
     }
 
     /// The value of one metric sample (exact name with labels), 0 when absent.
+    /// Waits until the agent has counted an item it gave up as taken from it.
+    async fn wait_fenced(&self, within: Duration, what: &str) {
+        wait_for(within, what, || async {
+            (self
+                .metric("triad_agent_items_total{outcome=\"Fenced\"}")
+                .await
+                >= 1.0)
+                .then_some(())
+        })
+        .await;
+    }
+
     async fn metric(&self, sample: &str) -> f64 {
         let body = self.get("/metrics").await.expect("metrics");
         body.lines()
@@ -219,6 +231,14 @@ async fn create(api: &Api<WorkItem>, name: &str, payload: Value) {
     api.create(&PostParams::default(), &item(name, payload))
         .await
         .expect("create item");
+}
+
+/// The item once `agent` holds it.
+async fn wait_claimed(api: &Api<WorkItem>, name: &str, agent: &str) -> WorkItem {
+    wait_item(api, name, Duration::from_secs(20), "claimed", |wi| {
+        claimed_by(wi) == Some(agent)
+    })
+    .await
 }
 
 async fn wait_item(
@@ -366,10 +386,7 @@ async fn a_fenced_out_agent_cannot_complete_and_carries_on() {
     agent.wait_ready().await;
 
     create(&api, "slow", json!({})).await;
-    let running = wait_item(&api, "slow", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("fenced")
-    })
-    .await;
+    let running = wait_claimed(&api, "slow", "fenced").await;
     assert_eq!(running.epoch(), 1);
 
     // Another writer (the supervisor) takes the item away: epoch + 1 with an outcome.
@@ -394,18 +411,12 @@ async fn a_fenced_out_agent_cannot_complete_and_carries_on() {
 
     // The agent gives the item up (counted Fenced) once its work has stopped; from then
     // on it never writes to it, so what the item shows now is final.
-    wait_for(
-        Duration::from_secs(20),
-        "the agent abandoned the fenced item",
-        || async {
-            (agent
-                .metric("triad_agent_items_total{outcome=\"Fenced\"}")
-                .await
-                >= 1.0)
-                .then_some(())
-        },
-    )
-    .await;
+    agent
+        .wait_fenced(
+            Duration::from_secs(20),
+            "the agent abandoned the fenced item",
+        )
+        .await;
     let wi = api.get("slow").await.expect("get");
     assert_eq!(
         wi.phase(),
@@ -456,27 +467,15 @@ async fn an_agent_whose_item_is_deleted_stops_the_work() {
     agent.wait_ready().await;
 
     create(&api, "doomed", json!({})).await;
-    wait_item(&api, "doomed", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("deleted")
-    })
-    .await;
+    wait_claimed(&api, "doomed", "deleted").await;
     api.delete("doomed", &DeleteParams::default())
         .await
         .expect("delete the held item");
 
     // At once (the watch event), not at its next refused write some 10 s later.
-    wait_for(
-        Duration::from_secs(8),
-        "the agent gave up the deleted item",
-        || async {
-            (agent
-                .metric("triad_agent_items_total{outcome=\"Fenced\"}")
-                .await
-                >= 1.0)
-                .then_some(())
-        },
-    )
-    .await;
+    agent
+        .wait_fenced(Duration::from_secs(8), "the agent gave up the deleted item")
+        .await;
     let log = std::fs::read_to_string(&ran).unwrap_or_default();
     assert!(
         !log.contains("/doomed"),
@@ -503,10 +502,7 @@ async fn cancel_requested_stops_the_work_within_the_grace_period() {
     );
     agent.wait_ready().await;
     create(&api, "long", json!({})).await;
-    wait_item(&api, "long", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("canceller")
-    })
-    .await;
+    wait_claimed(&api, "long", "canceller").await;
     let sleeper = format!("sleep 600 0.{mark}");
     wait_for(Duration::from_secs(10), "the work is running", || async {
         (processes(&sleeper) == 1).then_some(())
@@ -658,10 +654,7 @@ async fn sigterm_drains_releases_the_unfinished_item_and_exits_zero() {
     );
     agent.wait_ready().await;
     create(&api, "long", json!({})).await;
-    wait_item(&api, "long", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("drainer")
-    })
-    .await;
+    wait_claimed(&api, "long", "drainer").await;
     let sleeper = format!("sleep 30 0.{mark}");
     wait_for(Duration::from_secs(10), "the work is running", || async {
         (processes(&sleeper) == 1).then_some(())
@@ -689,10 +682,7 @@ async fn sigterm_drains_releases_the_unfinished_item_and_exits_zero() {
     );
     agent.wait_ready().await;
     create(&api, "short", json!({})).await;
-    wait_item(&api, "short", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("finisher")
-    })
-    .await;
+    wait_claimed(&api, "short", "finisher").await;
     agent.signal(libc::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{}", agent.log_tail());
@@ -934,10 +924,7 @@ echo "$TRIAD_ATTEMPT done" >> "$RAN_LOG""#;
     );
     agent.wait_ready().await;
     create(&api, "paused", json!({})).await;
-    let claimed = wait_item(&api, "paused", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("sleepy")
-    })
-    .await;
+    let claimed = wait_claimed(&api, "paused", "sleepy").await;
     wait_for(Duration::from_secs(10), "attempt 1 started", || async {
         std::fs::read_to_string(&ran)
             .ok()?
@@ -1002,10 +989,7 @@ async fn work_that_finished_while_its_agent_was_frozen_is_not_left_running() {
     let mut agent = Agent::start(&ns, &dir, "sleepy", &[], &["sh", "-c", script]);
     agent.wait_ready().await;
     create(&api, "paused", json!({})).await;
-    let claimed = wait_item(&api, "paused", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("sleepy")
-    })
-    .await;
+    let claimed = wait_claimed(&api, "paused", "sleepy").await;
 
     // The work ends during the freeze. On waking the agent sees the exit and the lapse
     // in either order: the completion is written under the fence (the claim is still
@@ -1055,10 +1039,7 @@ async fn work_never_outlives_a_killed_agent() {
     );
     agent.wait_ready().await;
     create(&api, "orphan", json!({})).await;
-    wait_item(&api, "orphan", Duration::from_secs(20), "claimed", |wi| {
-        claimed_by(wi) == Some("doomed")
-    })
-    .await;
+    wait_claimed(&api, "orphan", "doomed").await;
     let sleeper = format!("sleep 600 0.{mark}");
     wait_for(Duration::from_secs(10), "the work is running", || async {
         (processes(&sleeper) == 1).then_some(())
