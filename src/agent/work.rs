@@ -100,7 +100,7 @@ impl Work {
         };
         let mut cmd = if launch.guarded {
             let mut c = std::process::Command::new(SELF_EXE);
-            c.args(["agent", "--work-guard", "--"])
+            c.args(GUARD_ARGS)
                 .arg(program)
                 .args(args)
                 .env(GUARD_PARENT_ENV, std::process::id().to_string());
@@ -210,6 +210,16 @@ impl Work {
     pub fn cpu_seconds_so_far(&self) -> f64 {
         group_cpu_seconds(self.pid)
     }
+}
+
+/// The arguments after which `Work::spawn` starts the guard.
+const GUARD_ARGS: [&str; 3] = ["agent", "--work-guard", "--"];
+
+/// The work command when `argv` is exactly how `Work::spawn` starts the guard.
+pub fn guard_command(argv: &[String]) -> Option<&[String]> {
+    let rest = argv.get(1..)?;
+    let command = rest.strip_prefix(&GUARD_ARGS.map(String::from)[..])?;
+    (!command.is_empty()).then_some(command)
 }
 
 /// The guard: `triad agent --work-guard -- <command…>`, the leader of the work's
@@ -497,6 +507,33 @@ pub fn usage_with_measured(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_exact_guard_invocation_skips_the_cli() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let spawned = argv(&["triad", "agent", "--work-guard", "--", "sh", "-c", "x"]);
+        assert_eq!(
+            guard_command(&spawned),
+            Some(&spawned[4..]),
+            "the command after `--`"
+        );
+        for other in [
+            argv(&["triad", "agent", "--work-guard", "--"]),
+            argv(&["triad", "agent", "--", "true"]),
+            argv(&[
+                "triad",
+                "agent",
+                "--pool",
+                "p",
+                "--work-guard",
+                "--",
+                "true",
+            ]),
+            argv(&["triad"]),
+        ] {
+            assert_eq!(guard_command(&other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn work_input_is_the_payload_or_why_it_must_not_run() {
