@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, LogParams, Patch, PatchParams};
+use kube::api::{ListParams, LogParams, Patch};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -265,7 +265,11 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
         }
         let body = json!({"metadata": {"annotations": {labels::REDRIVE: stamp}}});
         items
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .patch(
+                &name,
+                &crate::k8s::patch_params(crate::k8s::managers::CLI),
+                &Patch::Merge(&body),
+            )
             .await?;
         println!(
             "{name}: redrive requested (the scheduler returns it to Queued with attempts reset)"
@@ -290,12 +294,20 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
             .or_else(|| target.strip_prefix("workrequest/"))
         {
             requests
-                .patch(request, &PatchParams::default(), &Patch::Merge(&body))
+                .patch(
+                    request,
+                    &crate::k8s::patch_params(crate::k8s::managers::CLI),
+                    &Patch::Merge(&body),
+                )
                 .await?;
             println!("workrequest/{request}: cancel requested for all its items");
         } else {
             items
-                .patch(&target, &PatchParams::default(), &Patch::Merge(&body))
+                .patch(
+                    &target,
+                    &crate::k8s::patch_params(crate::k8s::managers::CLI),
+                    &Patch::Merge(&body),
+                )
                 .await?;
             println!(
                 "{target}: cancel requested (queued work ends at once; running work is stopped by its agent)"

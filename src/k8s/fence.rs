@@ -13,7 +13,7 @@ use json_patch::{
     AddOperation, Patch as JsonPatch, PatchOperation, TestOperation, jsonptr::PointerBuf,
 };
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use serde_json::{Value, json};
 
 use crate::api::{Claim, Outcome, Phase, WorkItem};
@@ -106,9 +106,13 @@ pub async fn claim(
             "finishedAt": null,
         }
     });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await
-        .map_err(claim_error)
+    api.patch_status(
+        name,
+        &super::patch_params(managers::AGENT),
+        &Patch::Merge(&body),
+    )
+    .await
+    .map_err(claim_error)
 }
 
 fn claim_error(err: kube::Error) -> ClaimError {

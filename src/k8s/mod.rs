@@ -37,6 +37,8 @@ pub mod managers {
     pub const AGENT: &str = "triad-agent";
     pub const POOLS: &str = "triad-pools";
     pub const SUPERVISOR: &str = "triad-supervisor";
+    /// The `kubectl triad` plugin's writes (redrive, cancel).
+    pub const CLI: &str = "kubectl-triad";
 }
 
 /// The current time as a Kubernetes `Time`.
