@@ -277,6 +277,15 @@ struct Held {
     left: Option<u64>,
 }
 
+/// Our latest claim, until the claimable-items watch shows the item gone: how far
+/// behind the API server the agents' caches run.
+struct ClaimSeen {
+    name: String,
+    sent: Instant,
+    won: bool,
+    shown_after: Option<Duration>,
+}
+
 /// The watch-fed state the run loop reads.
 pub struct Cache {
     /// This agent's name: never its own peer.
@@ -292,6 +301,7 @@ pub struct Cache {
     peers: HashMap<Arc<str>, Peer>,
     peers_relist: Option<HashMap<Arc<str>, Peer>>,
     held: Option<Held>,
+    last_claim: Option<ClaimSeen>,
 }
 
 /// Something to claim: name, the version the claim is conditional on, and what the
@@ -366,6 +376,7 @@ impl Cache {
             peers: HashMap::new(),
             peers_relist: None,
             held: None,
+            last_claim: None,
         }
     }
 
@@ -381,6 +392,32 @@ impl Cache {
             claimed: None,
             left: None,
         });
+        self.last_claim = Some(ClaimSeen {
+            name: name.to_owned(),
+            sent: Instant::now(),
+            won: false,
+            shown_after: None,
+        });
+    }
+
+    /// How long our last won claim took from being sent to taking the item out of our
+    /// claimable-items watch, once it has; taken once. Other agents' watches show the
+    /// claim about as late, so this is how stale their view of the queue runs.
+    pub fn take_claim_shown(&mut self) -> Option<Duration> {
+        let seen = self.last_claim.as_ref()?;
+        let shown = seen.shown_after.filter(|_| seen.won)?;
+        self.last_claim = None;
+        Some(shown)
+    }
+
+    fn gone_from_queue(&mut self, name: &str) {
+        if let Some(seen) = self
+            .last_claim
+            .as_mut()
+            .filter(|s| s.name == name && s.shown_after.is_none())
+        {
+            seen.shown_after = Some(seen.sent.elapsed());
+        }
     }
 
     /// Our claim of the held item succeeded; `item` is the claim's response.
@@ -391,6 +428,13 @@ impl Cache {
             .filter(|h| item.metadata.name.as_deref() == Some(h.name.as_str()))
         {
             held.claimed = revision(item);
+        }
+        if let Some(seen) = self
+            .last_claim
+            .as_mut()
+            .filter(|s| item.metadata.name.as_deref() == Some(s.name.as_str()))
+        {
+            seen.won = true;
         }
     }
 
@@ -455,6 +499,7 @@ impl Cache {
             Event::Delete(item) => {
                 if let Some(name) = item.metadata.name.as_deref() {
                     store.items.remove(name);
+                    self.gone_from_queue(name);
                 }
                 return;
             }
@@ -487,6 +532,9 @@ impl Cache {
             }
             None => {
                 map.remove(name);
+                if !relisted {
+                    self.gone_from_queue(name);
+                }
             }
         }
     }
@@ -1199,6 +1247,30 @@ mod tests {
         c.apply_item(0, Event::Delete(item("a", "q", 1, 5)));
         assert!(c.moved_past("a", 5), "the winner's claim arrived");
         assert!(c.moved_past("gone", 5), "not in the cache at all");
+    }
+
+    #[test]
+    fn a_won_claim_is_timed_until_it_leaves_the_claimable_watch() {
+        let queues = qs(&[("q", 1)]);
+        let mut c = cache_with(
+            "me",
+            &queues,
+            vec![item("a", "q", 1, 5), item("b", "q", 1, 6)],
+        );
+        let mine = |name, rv| with_phase(item(name, "q", 1, rv), Phase::Running, Some("me"));
+        // A lost claim is not timed: someone else's claim took the item away.
+        c.hold("b");
+        c.release();
+        c.apply_item(0, Event::Delete(item("b", "q", 1, 6)));
+        assert_eq!(c.take_claim_shown(), None);
+        // A won claim is timed once the watch shows it, even after the work is done.
+        c.hold("a");
+        c.claimed(&mine("a", 8));
+        c.release();
+        assert_eq!(c.take_claim_shown(), None, "not shown yet");
+        c.apply_item(0, Event::Delete(item("a", "q", 1, 5)));
+        assert!(c.take_claim_shown().is_some());
+        assert_eq!(c.take_claim_shown(), None, "taken once");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct AgentMetrics {
     pub claim_attempts: Counter,
     pub claim_conflicts: Counter,
     pub claim_latency: Histogram,
+    pub claim_shown: Histogram,
     pub lease_renew_failures: Counter,
     pub work_duration: Histogram,
     pub report_lines_rejected: Counter,
@@ -43,6 +44,7 @@ impl AgentMetrics {
             claim_conflicts: Counter::default(),
             // 1 ms … ~65 s.
             claim_latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            claim_shown: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             lease_renew_failures: Counter::default(),
             // 10 ms … ~5.8 h.
             work_duration: Histogram::new(exponential_buckets(0.01, 2.0, 21)),
@@ -68,6 +70,11 @@ impl AgentMetrics {
             "triad_agent_claim_latency_seconds",
             "Time from an item first seen claimable by this agent to its claim",
             m.claim_latency.clone(),
+        );
+        registry.register(
+            "triad_agent_claim_shown_seconds",
+            "Time from sending a claim to this agent's own watch showing it: how far behind the API server the agents' caches run",
+            m.claim_shown.clone(),
         );
         registry.register(
             "triad_agent_lease_renew_failures",
@@ -118,6 +125,7 @@ mod tests {
             "triad_agent_claim_attempts_total 1",
             "triad_agent_claim_conflicts_total",
             "triad_agent_claim_latency_seconds_bucket",
+            "triad_agent_claim_shown_seconds_bucket",
             "triad_agent_lease_renew_failures_total",
             "triad_agent_work_duration_seconds_bucket",
             "triad_agent_report_lines_rejected_total",
