@@ -455,6 +455,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let api_before = parse_prom(&apiserver_metrics(&client).await?);
         let (tr, h) = track(&client, ns, &run);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let cpu_before = cpu_seconds_by_process();
         let t0 = Instant::now();
         create_items(&client, ns, "q", &run, m, a.concurrency).await?;
         let created_s = t0.elapsed().as_secs_f64();
@@ -471,6 +472,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_else(Instant::now)
             .duration_since(t0)
             .as_secs_f64();
+        let cpu = cpu_ms_per_item(&cpu_before, &cpu_seconds_by_process(), m, elapsed);
         h.abort();
         let api_after = parse_prom(&apiserver_metrics(&client).await?);
         let agents_after = agent_metrics(&client, ns, "bench").await;
@@ -489,12 +491,24 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             - sum(&agents_before, "triad_agent_claim_conflicts_total", |_| {
                 true
             });
+        let shown = bucket_delta(
+            &buckets(&agents_after, "triad_agent_claim_shown_seconds", |_| true),
+            &buckets(&agents_before, "triad_agent_claim_shown_seconds", |_| true),
+        );
+        let shown_ms = |p| quantile(&shown, p).map(|s| round(s * 1000.0, 1));
+        let claim_shown =
+            json!({"p50": shown_ms(0.5), "p90": shown_ms(0.9), "p99": shown_ms(0.99)});
+        log(format!(
+            "{n} agents: claim shown in own watch after (ms) {claim_shown}"
+        ));
         log(format!(
             "{n} agents: {m} items in {elapsed:.1} s = {rate:.1} items/s (created in {created_s:.1} s); workitem writes/item {wi:.2}, all writes/item {aw:.2}, watch events/item {events:.1}; claim attempts {attempts} conflicts {confl}"
         ));
+        log(format!("{n} agents: CPU ms per item {cpu}"));
         items_per_s.insert(n.to_string(), json!(round(rate, 1)));
         runs.push(json!({"agents": n, "items": m, "seconds": round(elapsed, 2), "create_seconds": round(created_s, 2),
             "items_per_s": round(rate, 1), "workitem_writes_per_item": round(wi, 3), "workitem_409_per_item": round(c409, 3), "all_writes_per_item": round(aw, 3),
+"cpu_ms_per_item": cpu.clone(), "claim_shown_ms": claim_shown,
             "watch_events_per_item": round(events, 1), "claim_attempts": attempts, "claim_conflicts": confl,
             "conflicts_per_claim": if attempts > 0.0 { round(confl / attempts, 3) } else { 0.0 }}));
         if n == max_agents {

@@ -587,3 +587,89 @@ pub fn round(v: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (v * p).round() / p
 }
+
+/// CPU seconds used so far by the processes on this machine, by what they are:
+/// `kube-apiserver`, `etcd`, `operator` (`triad controller`), `agents` (`triad agent`
+/// and the work it ran and reaped), `node-runner`, `harness`, `control-plane-other`
+/// (controller-manager, scheduler) and `other`. A process's reaped children count
+/// with it, so an agent's work processes count as the agent's.
+pub fn cpu_seconds_by_process() -> BTreeMap<&'static str, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
+            continue;
+        };
+        // utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
+        let used: f64 = after
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum();
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let exe = args
+            .first()
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or_default();
+        let has = |word: &str| args.iter().skip(1).any(|a| a == word);
+        let kind = match exe {
+            "kube-apiserver" => "kube-apiserver",
+            "etcd" => "etcd",
+            "kube-controller-manager" | "kube-scheduler" => "control-plane-other",
+            "triad-localnode" => "node-runner",
+            "triad-bench" => "harness",
+            "triad" if has("controller") => "operator",
+            "triad" if has("agent") => "agents",
+            _ => "other",
+        };
+        *out.entry(kind).or_insert(0.0) += used / ticks;
+    }
+    out
+}
+
+/// CPU time per item of each kind of process between two `cpu_seconds_by_process`
+/// samples, in milliseconds, with `total` and the machine's busy fraction over `wall_s`.
+pub fn cpu_ms_per_item(
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+    items: usize,
+    wall_s: f64,
+) -> Value {
+    let mut per = serde_json::Map::new();
+    let mut total = 0.0;
+    for (kind, a) in after {
+        let used = (a - before.get(kind).copied().unwrap_or(0.0)).max(0.0);
+        total += used;
+        per.insert(
+            (*kind).to_owned(),
+            json!(round(used * 1000.0 / items.max(1) as f64, 2)),
+        );
+    }
+    per.insert(
+        "total".into(),
+        json!(round(total * 1000.0 / items.max(1) as f64, 2)),
+    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    per.insert(
+        "machine_busy_fraction".into(),
+        json!(round(total / (wall_s * cores).max(1e-9), 2)),
+    );
+    Value::Object(per)
+}
