@@ -351,6 +351,17 @@ async fn three_agents_drain_sixty_items_each_run_once() {
         *per_agent
             .entry(claimed_by(wi).expect("claimed").to_owned())
             .or_default() += 1;
+        // Claim and completion are both the agent's: one field manager, so one
+        // managedFields entry for the status (`kubectl get --show-managed-fields`).
+        let status_managers: Vec<_> = wi
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.subresource.as_deref() == Some("status"))
+            .map(|m| m.manager.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(status_managers, ["triad-agent"], "{}", wi.name_any());
     }
     assert!(
         per_agent.len() >= 2,
