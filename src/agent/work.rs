@@ -228,18 +228,22 @@ pub fn guard_command(argv: &[String]) -> Option<&[String]> {
 /// never outlives a crashed or SIGKILLed agent. PR_SET_PDEATHSIG alone would only kill
 /// the command, not what the command started.
 ///
-/// It ignores SIGTERM/SIGINT/SIGHUP, which are meant for the work (the work gets them
-/// as a member of the group), and restores them for the command.
+/// It survives SIGTERM/SIGINT/SIGHUP, which are meant for the work (the work gets them
+/// as a member of the group). It catches them with a handler that does nothing rather
+/// than ignoring them: exec resets caught signals to their defaults but keeps ignored
+/// ones ignored, so the command starts with its defaults without a pre-exec hook, and
+/// so by posix_spawn instead of a fork that copies the guard's page tables.
 pub fn run_guard(command: &[String]) -> ! {
     // SAFETY: plain libc calls on our own process.
     let parent = std::env::var(GUARD_PARENT_ENV)
         .ok()
         .and_then(|p| p.parse::<i32>().ok())
         .unwrap_or_else(|| unsafe { libc::getppid() });
+    extern "C" fn meant_for_the_work(_: libc::c_int) {}
     for sig in PASSED_ON {
-        // SAFETY: setting a signal disposition has no memory effects.
+        // SAFETY: installs a handler that touches nothing.
         unsafe {
-            libc::signal(sig, libc::SIG_IGN);
+            libc::signal(sig, meant_for_the_work as *const () as libc::sighandler_t);
         }
     }
     let Some((program, args)) = command.split_first() else {
@@ -248,15 +252,6 @@ pub fn run_guard(command: &[String]) -> ! {
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).env_remove(GUARD_PARENT_ENV);
-    // SAFETY: runs in the forked child before exec; signal() is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            for sig in PASSED_ON {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

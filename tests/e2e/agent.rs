@@ -227,6 +227,30 @@ fn item(name: &str, payload: Value) -> WorkItem {
     .expect("valid WorkItem")
 }
 
+/// The guard survives the signals meant for the work, but the work itself starts with
+/// their default dispositions: SIGTERM/SIGINT/SIGHUP end it unless it says otherwise.
+#[test]
+fn the_guard_starts_the_work_with_default_signal_handling() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triad"))
+        .args(["agent", "--work-guard", "--", "cat", "/proc/self/status"])
+        .output()
+        .expect("run the guard");
+    assert!(out.status.success(), "{out:?}");
+    let status = String::from_utf8_lossy(&out.stdout);
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("SigIgn line");
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+        assert_eq!(
+            ignored & (1 << (sig - 1)),
+            0,
+            "signal {sig} ignored in the work"
+        );
+    }
+}
+
 async fn create(api: &Api<WorkItem>, name: &str, payload: Value) {
     api.create(&PostParams::default(), &item(name, payload))
         .await
