@@ -28,6 +28,8 @@ pub struct AgentMetrics {
     pub items: Family<OutcomeLabels, Counter>,
     pub claim_attempts: Counter,
     pub claim_conflicts: Counter,
+    pub claim_prechecks: Counter,
+    pub claim_prechecks_taken: Counter,
     pub claim_latency: Histogram,
     pub claim_shown: Histogram,
     pub lease_renew_failures: Counter,
@@ -42,6 +44,8 @@ impl AgentMetrics {
             items: Family::default(),
             claim_attempts: Counter::default(),
             claim_conflicts: Counter::default(),
+            claim_prechecks: Counter::default(),
+            claim_prechecks_taken: Counter::default(),
             // 1 ms … ~65 s.
             claim_latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             claim_shown: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -65,6 +69,16 @@ impl AgentMetrics {
             "triad_agent_claim_conflicts",
             "Claims lost to another writer (409 Conflict)",
             m.claim_conflicts.clone(),
+        );
+        registry.register(
+            "triad_agent_claim_prechecks",
+            "Reads of a candidate before claiming it, made while most recent claims were lost",
+            m.claim_prechecks.clone(),
+        );
+        registry.register(
+            "triad_agent_claim_prechecks_taken",
+            "Prechecks that found the candidate taken or changed, so that no claim was sent",
+            m.claim_prechecks_taken.clone(),
         );
         registry.register(
             "triad_agent_claim_latency_seconds",
@@ -124,6 +138,8 @@ mod tests {
             "triad_agent_items_total{outcome=\"Succeeded\"} 1",
             "triad_agent_claim_attempts_total 1",
             "triad_agent_claim_conflicts_total",
+            "triad_agent_claim_prechecks_total",
+            "triad_agent_claim_prechecks_taken_total",
             "triad_agent_claim_latency_seconds_bucket",
             "triad_agent_claim_shown_seconds_bucket",
             "triad_agent_lease_renew_failures_total",
