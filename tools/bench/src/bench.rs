@@ -255,6 +255,14 @@ fn workitem_watch_events(samples: &[Sample]) -> f64 {
 }
 
 /// Mutating requests on `resource` refused with 409 Conflict (lost claim races).
+/// Requests with `verb` to `resource`, whatever their response.
+fn requests(samples: &[Sample], resource: &str, verb: &str) -> f64 {
+    sum(samples, "apiserver_request_total", |l| {
+        l.get("resource").map(String::as_str) == Some(resource)
+            && l.get("verb").map(String::as_str) == Some(verb)
+    })
+}
+
 fn conflict_requests(samples: &[Sample], resource: &str) -> f64 {
     sum(samples, "apiserver_request_total", |l| {
         l.get("resource").map(String::as_str) == Some(resource)
@@ -491,6 +499,25 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             - sum(&agents_before, "triad_agent_claim_conflicts_total", |_| {
                 true
             });
+        let prechecks = sum(&agents_after, "triad_agent_claim_prechecks_total", |_| true)
+            - sum(&agents_before, "triad_agent_claim_prechecks_total", |_| {
+                true
+            });
+        let prechecks_taken = sum(
+            &agents_after,
+            "triad_agent_claim_prechecks_taken_total",
+            |_| true,
+        ) - sum(
+            &agents_before,
+            "triad_agent_claim_prechecks_taken_total",
+            |_| true,
+        );
+        let gets = (requests(&api_after, "workitems", "GET")
+            - requests(&api_before, "workitems", "GET"))
+            / m as f64;
+        log(format!(
+            "{n} agents: claim prechecks {prechecks} ({prechecks_taken} found the item taken); workitem GETs/item {gets:.2}"
+        ));
         let shown = bucket_delta(
             &buckets(&agents_after, "triad_agent_claim_shown_seconds", |_| true),
             &buckets(&agents_before, "triad_agent_claim_shown_seconds", |_| true),
@@ -508,7 +535,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         items_per_s.insert(n.to_string(), json!(round(rate, 1)));
         runs.push(json!({"agents": n, "items": m, "seconds": round(elapsed, 2), "create_seconds": round(created_s, 2),
             "items_per_s": round(rate, 1), "workitem_writes_per_item": round(wi, 3), "workitem_409_per_item": round(c409, 3), "all_writes_per_item": round(aw, 3),
-"cpu_ms_per_item": cpu.clone(), "claim_shown_ms": claim_shown,
+"cpu_ms_per_item": cpu.clone(), "claim_prechecks": prechecks, "claim_prechecks_taken": prechecks_taken, "workitem_gets_per_item": round(gets, 3), "claim_shown_ms": claim_shown,
             "watch_events_per_item": round(events, 1), "claim_attempts": attempts, "claim_conflicts": confl,
             "conflicts_per_claim": if attempts > 0.0 { round(confl / attempts, 3) } else { 0.0 }}));
         if n == max_agents {
