@@ -390,34 +390,56 @@ pub fn pod_pids(state_dir: &Path, ns: &str) -> Vec<(String, PathBuf, u32)> {
     out
 }
 
+/// A running process as `/proc` shows it.
+struct Process {
+    pid: u32,
+    /// The fields of `/proc/<pid>/stat` after the command name: index 0 is the state,
+    /// 2 the process group, 11–14 utime, stime, cutime and cstime in clock ticks.
+    stat: Vec<String>,
+    args: Vec<String>,
+}
+
+impl Process {
+    fn stat_u64(&self, index: usize) -> Option<u64> {
+        self.stat.get(index)?.parse().ok()
+    }
+}
+
+/// Every process on the machine (those that exit while being read are left out).
+fn processes() -> Vec<Process> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, after) = stat.rsplit_once(") ")?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            Some(Process {
+                pid,
+                stat: after.split_whitespace().map(str::to_owned).collect(),
+                args: cmd
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
 /// The `triad agent` process inside a pod's process group (the group leader or a member).
 pub fn agent_pid(pgid: u32) -> Option<u32> {
-    let rd = std::fs::read_dir("/proc").ok()?;
     let mut best = None;
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
-            continue;
-        };
-        let f: Vec<&str> = after.split_whitespace().collect();
-        if f.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+    for p in processes() {
+        if p.stat_u64(2) != Some(u64::from(pgid)) {
             continue;
         }
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "agent") && !args.iter().any(|a| a == "--work-guard") {
-            if pid == pgid {
-                return Some(pid);
+        if p.args.iter().any(|a| a == "agent") && !p.args.iter().any(|a| a == "--work-guard") {
+            if p.pid == pgid {
+                return Some(p.pid);
             }
-            best = Some(pid);
+            best = Some(p.pid);
         }
     }
     best
@@ -597,31 +619,9 @@ pub fn cpu_seconds_by_process() -> BTreeMap<&'static str, f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
-            continue;
-        };
-        // utime, stime, cutime, cstime: fields 14-17 of stat(5), 11-14 after the name.
-        let used: f64 = after
-            .split_whitespace()
-            .skip(11)
-            .take(4)
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum();
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+    for p in processes() {
+        let used: u64 = (11..15).filter_map(|i| p.stat_u64(i)).sum();
+        let args = &p.args;
         let exe = args
             .first()
             .and_then(|a| a.rsplit('/').next())
@@ -637,7 +637,7 @@ pub fn cpu_seconds_by_process() -> BTreeMap<&'static str, f64> {
             "triad" if has("agent") => "agents",
             _ => "other",
         };
-        *out.entry(kind).or_insert(0.0) += used / ticks;
+        *out.entry(kind).or_insert(0.0) += used as f64 / ticks;
     }
     out
 }
@@ -672,4 +672,26 @@ pub fn cpu_ms_per_item(
         json!(round(total / (wall_s * cores).max(1e-9), 2)),
     );
     Value::Object(per)
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn processes_include_this_one_with_its_group_and_cpu() {
+        let me = std::process::id();
+        let mine = processes()
+            .into_iter()
+            .find(|p| p.pid == me)
+            .expect("this process in /proc");
+        // SAFETY: getpgrp has no preconditions.
+        let group = unsafe { libc::getpgrp() } as u64;
+        assert_eq!(mine.stat_u64(2), Some(group));
+        assert!(mine.args.first().is_some_and(|a| !a.is_empty()));
+        let busy: u64 = (0..2_000_000u64).map(|i| i ^ (i >> 3)).sum();
+        assert!(busy > 0);
+        let cpu = cpu_seconds_by_process();
+        assert!(cpu.values().sum::<f64>() > 0.0, "{cpu:?}");
+    }
 }
