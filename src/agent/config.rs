@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub metrics_addr: SocketAddr,
     /// How many of the best candidates a claim chooses among.
     pub top_k: usize,
+    /// Share of recent claims lost above which candidates are read before a claim.
+    pub precheck_above: f64,
     /// With `EmptyQueuePolicy::Exit`: how long the queues must stay empty before exiting.
     pub idle_exit: Duration,
     /// Least time between two progress/usage writes for one item.

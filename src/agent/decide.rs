@@ -173,9 +173,10 @@ pub fn give_up_writing(
 /// refused claims they save: with 10 agents about one claim in twenty is lost.
 pub const PRECHECK_ABOVE_CONTENTION: f64 = 0.2;
 
-/// Whether to read a candidate before claiming it, given the recent `contention`.
-pub fn precheck_claims(contention: f64) -> bool {
-    contention > PRECHECK_ABOVE_CONTENTION
+/// Whether to read a candidate before claiming it, given the recent `contention` and
+/// the agent's threshold (`PRECHECK_ABOVE_CONTENTION` unless configured).
+pub fn precheck_claims(contention: f64, above: f64) -> bool {
+    contention > above || above <= 0.0
 }
 
 /// The moving share of lost claims after one more claim (or precheck) that was
@@ -196,22 +197,33 @@ mod tests {
         for _ in 0..2 {
             c = contention_after(c, true);
         }
-        assert!(!precheck_claims(c), "two losses are no pattern: {c}");
+        assert!(
+            !precheck_claims(c, PRECHECK_ABOVE_CONTENTION),
+            "two losses are no pattern: {c}"
+        );
         for _ in 0..3 {
             c = contention_after(c, true);
         }
-        assert!(precheck_claims(c), "five in a row are: {c}");
+        assert!(
+            precheck_claims(c, PRECHECK_ABOVE_CONTENTION),
+            "five in a row are: {c}"
+        );
         // One loss in ten (10 agents lose fewer) never switches them on.
         let mut settled = 0.0;
         for i in 0..200 {
             settled = contention_after(settled, i % 10 == 0);
-            assert!(!precheck_claims(settled), "{settled} after claim {i}");
+            assert!(
+                !precheck_claims(settled, PRECHECK_ABOVE_CONTENTION),
+                "{settled} after claim {i}"
+            );
         }
         // Winning again switches them off within ten claims.
         for _ in 0..8 {
             c = contention_after(c, false);
         }
-        assert!(!precheck_claims(c), "{c}");
+        assert!(!precheck_claims(c, PRECHECK_ABOVE_CONTENTION), "{c}");
+        assert!(precheck_claims(0.0, 0.0), "0: always");
+        assert!(!precheck_claims(1.0, 1.0), "1: never");
     }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use serde_json::json;

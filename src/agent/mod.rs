@@ -307,7 +307,7 @@ impl Agent {
                 }
                 let name = candidate.name.clone();
                 let rv = candidate.resource_version;
-                if decide::precheck_claims(contention) {
+                if decide::precheck_claims(contention, self.cfg.precheck_above) {
                     self.metrics.claim_prechecks.inc();
                     if !self.still_as_seen(&name, rv).await {
                         self.metrics.claim_prechecks_taken.inc();

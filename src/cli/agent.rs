@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// How many of the best candidates a claim chooses among.
     #[arg(long, env = "TRIAD_CLAIM_TOP_K", default_value_t = 8)]
     pub claim_top_k: usize,
+    /// Above this share of recent claims lost, read each candidate before claiming it
+    /// (0 always, 1 never).
+    #[arg(long, env = "TRIAD_CLAIM_PRECHECK_ABOVE", default_value_t = crate::agent::decide::PRECHECK_ABOVE_CONTENTION)]
+    pub claim_precheck_above: f64,
     /// With the Exit policy: seconds of empty queues before exiting.
     #[arg(long, env = "TRIAD_IDLE_EXIT_SECONDS", default_value_t = 5)]
     pub idle_exit_seconds: u64,
@@ -109,6 +113,11 @@ impl AgentArgs {
             cancel_grace: Duration::from_secs(self.cancel_grace_seconds),
             drain: Duration::from_secs(self.drain_seconds),
             top_k: self.claim_top_k.clamp(1, 64),
+            precheck_above: if self.claim_precheck_above.is_finite() {
+                self.claim_precheck_above.clamp(0.0, 1.0)
+            } else {
+                crate::agent::decide::PRECHECK_ABOVE_CONTENTION
+            },
             idle_exit: Duration::from_secs(self.idle_exit_seconds),
             progress_interval: Duration::from_millis(self.progress_interval_ms.max(100)),
             guard_work: true,

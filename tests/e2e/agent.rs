@@ -402,6 +402,60 @@ async fn three_agents_drain_sixty_items_each_run_once() {
     assert_eq!(completions, 60.0, "{per_agent:?}");
 }
 
+/// Agents told to read every candidate before claiming it (what they do on their own
+/// under contention) still run every item exactly once, and do read.
+#[tokio::test]
+async fn agents_that_check_before_claiming_run_every_item_once() {
+    let ns = TestNamespace::new("agent-precheck").await;
+    let api: Api<WorkItem> = ns.api();
+    let dir = scratch(&ns);
+    let ran = dir.join("ran.log");
+    let ran_s = ran.to_string_lossy().into_owned();
+    let script = r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT" >> "$RAN_LOG""#;
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| {
+            Agent::start(
+                &ns,
+                &dir,
+                &format!("checker-{i}"),
+                &[("RAN_LOG", &ran_s), ("TRIAD_CLAIM_PRECHECK_ABOVE", "0")],
+                &["sh", "-c", script],
+            )
+        })
+        .collect();
+    for a in &mut agents {
+        a.wait_ready().await;
+    }
+    let names: Vec<String> = (0..30).map(|i| format!("item-{i:02}")).collect();
+    futures::future::join_all(names.iter().map(|n| create(&api, n, json!({})))).await;
+    wait_for(
+        Duration::from_secs(90),
+        "all 30 items Succeeded",
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            (list.items.len() == 30
+                && list
+                    .items
+                    .iter()
+                    .all(|i| i.phase() == Some(Phase::Succeeded)))
+            .then_some(())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&ran).expect("ran log");
+    let runs: HashSet<&str> = log.lines().collect();
+    assert_eq!(log.lines().count(), 30, "each item ran once:\n{log}");
+    assert_eq!(runs.len(), 30, "{log}");
+    let mut prechecks = 0.0;
+    for a in &agents {
+        prechecks += a.metric("triad_agent_claim_prechecks_total").await;
+    }
+    assert!(
+        prechecks >= 30.0,
+        "every claim was checked first: {prechecks}"
+    );
+}
+
 #[tokio::test]
 async fn a_fenced_out_agent_cannot_complete_and_carries_on() {
     let ns = TestNamespace::new("agent-fence").await;
