@@ -486,6 +486,8 @@ async fn the_cli_redrives_cancels_and_draws_the_request_tree() {
     .await;
     run_attempt(&items, "job-first", "agent-1", false).await;
     wait_phase(&items, "job-first", Phase::DeadLettered).await;
+    // The scheduler fails the dependent on its next look; draw the tree after that.
+    wait_phase(&items, "job-then", Phase::Failed).await;
 
     let tree = triad_cli(&ns, &["tree", "job"]);
     let text = String::from_utf8_lossy(&tree.stdout);
