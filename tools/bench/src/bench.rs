@@ -129,7 +129,7 @@ pub async fn memory(a: MemoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-const MUTATING: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+const MUTATING: [&str; 4] = ["POST", "PUT", "PATCH", "APPLY"];
 
 fn item(name: &str, queue: &str, run: &str) -> WorkItem {
     serde_json::from_value(json!({
@@ -235,12 +235,29 @@ async fn delete_run(client: &Client, ns: &str, run: &str) {
 }
 
 /// Successful (2xx) mutating requests on `resource`: the writes that reached etcd.
-fn mutating(samples: &[Sample], resource: &str) -> f64 {
+/// The labels of one `apiserver_request_total` series.
+struct Request<'a> {
+    resource: &'a str,
+    verb: &'a str,
+    code: &'a str,
+}
+
+impl Request<'_> {
+    /// An accepted write. DELETEs are left out: only the harness's cleanup sends them.
+    fn is_write(&self) -> bool {
+        self.code.starts_with('2') && MUTATING.contains(&self.verb)
+    }
+}
+
+/// Requests the API server counted whose labels pass `filter`.
+fn requests(samples: &[Sample], filter: impl Fn(&Request) -> bool) -> f64 {
     sum(samples, "apiserver_request_total", |l| {
-        l.get("resource").map(String::as_str) == Some(resource)
-            && l.get("code").is_some_and(|c| c.starts_with('2'))
-            && MUTATING.contains(&l.get("verb").map(String::as_str).unwrap_or(""))
-            && l.get("verb").map(String::as_str) != Some("DELETE")
+        let label = |k: &str| l.get(k).map(String::as_str).unwrap_or("");
+        filter(&Request {
+            resource: label("resource"),
+            verb: label("verb"),
+            code: label("code"),
+        })
     })
 }
 
@@ -251,31 +268,6 @@ fn workitem_watch_events(samples: &[Sample]) -> f64 {
         // The label is `resource` in current API servers, `kind` in older ones.
         l.get("resource").map(String::as_str) == Some("workitems")
             || l.get("kind").map(String::as_str) == Some("WorkItem")
-    })
-}
-
-/// Mutating requests on `resource` refused with 409 Conflict (lost claim races).
-/// Requests with `verb` to `resource`, whatever their response.
-fn requests(samples: &[Sample], resource: &str, verb: &str) -> f64 {
-    sum(samples, "apiserver_request_total", |l| {
-        l.get("resource").map(String::as_str) == Some(resource)
-            && l.get("verb").map(String::as_str) == Some(verb)
-    })
-}
-
-fn conflict_requests(samples: &[Sample], resource: &str) -> f64 {
-    sum(samples, "apiserver_request_total", |l| {
-        l.get("resource").map(String::as_str) == Some(resource)
-            && l.get("code").map(String::as_str) == Some("409")
-    })
-}
-
-fn all_mutating(samples: &[Sample]) -> f64 {
-    sum(samples, "apiserver_request_total", |l| {
-        l.get("code").is_some_and(|c| c.starts_with('2')) && {
-            let v = l.get("verb").map(String::as_str).unwrap_or("");
-            MUTATING.contains(&v) && v != "DELETE"
-        }
     })
 }
 
@@ -485,36 +477,23 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let api_after = parse_prom(&apiserver_metrics(&client).await?);
         let agents_after = agent_metrics(&client, ns, "bench").await;
         let rate = m as f64 / elapsed;
-        let wi =
-            (mutating(&api_after, "workitems") - mutating(&api_before, "workitems")) / m as f64;
-        let c409 = (conflict_requests(&api_after, "workitems")
-            - conflict_requests(&api_before, "workitems"))
-            / m as f64;
-        let aw = (all_mutating(&api_after) - all_mutating(&api_before)) / m as f64;
+        let per_item = |filter: &dyn Fn(&Request) -> bool| {
+            (requests(&api_after, filter) - requests(&api_before, filter)) / m as f64
+        };
+        let on_items = |r: &Request| r.resource == "workitems";
+        let wi = per_item(&|r| on_items(r) && r.is_write());
+        // Writes refused with 409 Conflict: lost claim races.
+        let c409 = per_item(&|r| on_items(r) && r.code == "409");
+        let aw = per_item(&|r| r.is_write());
+        let gets = per_item(&|r| on_items(r) && r.verb == "GET");
+        let agent_delta =
+            |name: &str| sum(&agents_after, name, |_| true) - sum(&agents_before, name, |_| true);
         let events =
             (workitem_watch_events(&api_after) - workitem_watch_events(&api_before)) / m as f64;
-        let attempts = sum(&agents_after, "triad_agent_claim_attempts_total", |_| true)
-            - sum(&agents_before, "triad_agent_claim_attempts_total", |_| true);
-        let confl = sum(&agents_after, "triad_agent_claim_conflicts_total", |_| true)
-            - sum(&agents_before, "triad_agent_claim_conflicts_total", |_| {
-                true
-            });
-        let prechecks = sum(&agents_after, "triad_agent_claim_prechecks_total", |_| true)
-            - sum(&agents_before, "triad_agent_claim_prechecks_total", |_| {
-                true
-            });
-        let prechecks_taken = sum(
-            &agents_after,
-            "triad_agent_claim_prechecks_taken_total",
-            |_| true,
-        ) - sum(
-            &agents_before,
-            "triad_agent_claim_prechecks_taken_total",
-            |_| true,
-        );
-        let gets = (requests(&api_after, "workitems", "GET")
-            - requests(&api_before, "workitems", "GET"))
-            / m as f64;
+        let attempts = agent_delta("triad_agent_claim_attempts_total");
+        let confl = agent_delta("triad_agent_claim_conflicts_total");
+        let prechecks = agent_delta("triad_agent_claim_prechecks_total");
+        let prechecks_taken = agent_delta("triad_agent_claim_prechecks_taken_total");
         log(format!(
             "{n} agents: claim prechecks {prechecks} ({prechecks_taken} found the item taken); workitem GETs/item {gets:.2}"
         ));
