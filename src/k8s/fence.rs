@@ -75,12 +75,6 @@ pub async fn claim(
     item: &WorkItem,
     who: &AgentIdentity,
 ) -> Result<WorkItem, ClaimError> {
-    let name = item.metadata.name.as_deref().ok_or(ClaimError::NotFound)?;
-    let rv = item
-        .metadata
-        .resource_version
-        .as_deref()
-        .ok_or(ClaimError::Conflict)?;
     let status = item.status.clone().unwrap_or_default();
     let now = super::now();
     let claim = Claim {
@@ -90,29 +84,40 @@ pub async fn claim(
         acquired_at: Some(now.clone()),
         lease: who.lease.clone(),
     };
-    let body = json!({
-        "metadata": {"resourceVersion": rv},
-        "status": {
-            "phase": Phase::Running,
-            "attempt": status.attempt + 1,
-            "claim": claim,
-            "startedAt": now,
-            "progress": {"updatedAt": now},
-            "outcome": null,
-            "retryAt": null,
-            "waiting": null,
-            "usage": null,
-            "result": null,
-            "finishedAt": null,
-        }
+    let changes = json!({
+        "phase": Phase::Running,
+        "attempt": status.attempt + 1,
+        "claim": claim,
+        "startedAt": now,
+        "progress": {"updatedAt": now},
+        "outcome": null,
+        "retryAt": null,
+        "waiting": null,
+        "usage": null,
+        "result": null,
+        "finishedAt": null,
     });
-    api.patch_status(
-        name,
-        &super::patch_params(managers::AGENT),
-        &Patch::Merge(&body),
-    )
-    .await
-    .map_err(claim_error)
+    status_at_version(api, item, managers::AGENT, changes).await
+}
+
+/// Merges `changes` into `item`'s status only if the item is still at the
+/// resourceVersion it was read at: the compare-and-swap behind claims and fence-outs.
+async fn status_at_version(
+    api: &Api<WorkItem>,
+    item: &WorkItem,
+    manager: &str,
+    changes: Value,
+) -> Result<WorkItem, ClaimError> {
+    let name = item.metadata.name.as_deref().ok_or(ClaimError::NotFound)?;
+    let rv = item
+        .metadata
+        .resource_version
+        .as_deref()
+        .ok_or(ClaimError::Conflict)?;
+    let body = json!({"metadata": {"resourceVersion": rv}, "status": changes});
+    api.patch_status(name, &super::patch_params(manager), &Patch::Merge(&body))
+        .await
+        .map_err(claim_error)
 }
 
 fn claim_error(err: kube::Error) -> ClaimError {
@@ -242,28 +247,13 @@ pub async fn fence_out(
     item: &WorkItem,
     outcome: Outcome,
 ) -> Result<WorkItem, ClaimError> {
-    let name = item.metadata.name.as_deref().ok_or(ClaimError::NotFound)?;
-    let rv = item
-        .metadata
-        .resource_version
-        .as_deref()
-        .ok_or(ClaimError::Conflict)?;
     let claim = fenced_out_claim(item);
     let outcome = Outcome {
         epoch: claim.epoch,
         ..outcome
     };
-    let body = json!({
-        "metadata": {"resourceVersion": rv},
-        "status": {"claim": claim, "outcome": outcome}
-    });
-    api.patch_status(
-        name,
-        &super::patch_params(managers::SUPERVISOR),
-        &Patch::Merge(&body),
-    )
-    .await
-    .map_err(claim_error)
+    let changes = json!({"claim": claim, "outcome": outcome});
+    status_at_version(api, item, managers::SUPERVISOR, changes).await
 }
 
 #[cfg(test)]
