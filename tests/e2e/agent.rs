@@ -305,37 +305,53 @@ fn marker() -> String {
     format!("{}", rand::random::<u32>() % 1_000_000_000)
 }
 
-#[tokio::test]
-async fn three_agents_drain_sixty_items_each_run_once() {
-    let ns = TestNamespace::new("agent-drain").await;
+/// What [`drain`] leaves: the agents, the items (all Succeeded) and the run log, a
+/// line `<item> <attempt>` per run of the work command.
+struct Drained {
+    agents: Vec<Agent>,
+    items: Vec<WorkItem>,
+    log: String,
+}
+
+/// Starts `agents` agents named `<name>-<i>` with `env`, whose work logs its item and
+/// attempt and then runs `then`; creates `items` items and waits until all succeed.
+async fn drain(
+    ns: &TestNamespace,
+    name: &str,
+    agents: usize,
+    items: usize,
+    env: &[(&str, &str)],
+    then: &str,
+) -> Drained {
     let api: Api<WorkItem> = ns.api();
-    let dir = scratch(&ns);
+    let dir = scratch(ns);
     let ran = dir.join("ran.log");
     let ran_s = ran.to_string_lossy().into_owned();
-    let script = r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT" >> "$RAN_LOG"; sleep 0.05"#;
-    let mut agents: Vec<Agent> = (0..3)
+    let mut env = env.to_vec();
+    env.push(("RAN_LOG", &ran_s));
+    let script = format!(r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT" >> "$RAN_LOG"; {then}"#);
+    let mut started: Vec<Agent> = (0..agents)
         .map(|i| {
             Agent::start(
-                &ns,
+                ns,
                 &dir,
-                &format!("agent-{i}"),
-                &[("RAN_LOG", &ran_s)],
-                &["sh", "-c", script],
+                &format!("{name}-{i}"),
+                &env,
+                &["sh", "-c", &script],
             )
         })
         .collect();
-    for a in &mut agents {
+    for a in &mut started {
         a.wait_ready().await;
     }
-    let names: Vec<String> = (0..60).map(|i| format!("item-{i:02}")).collect();
+    let names: Vec<String> = (0..items).map(|i| format!("item-{i:02}")).collect();
     futures::future::join_all(names.iter().map(|n| create(&api, n, json!({"n": n})))).await;
-
-    let items = wait_for(
+    let done = wait_for(
         Duration::from_secs(120),
-        "all 60 items Succeeded",
+        &format!("all {items} items Succeeded"),
         || async {
             let list = api.list(&ListParams::default()).await.ok()?;
-            (list.items.len() == 60
+            (list.items.len() == items
                 && list
                     .items
                     .iter()
@@ -344,8 +360,18 @@ async fn three_agents_drain_sixty_items_each_run_once() {
         },
     )
     .await;
+    Drained {
+        agents: started,
+        items: done,
+        log: std::fs::read_to_string(&ran).expect("ran log"),
+    }
+}
 
-    let log = std::fs::read_to_string(&ran).expect("ran log");
+#[tokio::test]
+async fn three_agents_drain_sixty_items_each_run_once() {
+    let ns = TestNamespace::new("agent-drain").await;
+    let drained = drain(&ns, "agent", 3, 60, &[], "sleep 0.05").await;
+    let (agents, items, log) = (drained.agents, drained.items, drained.log);
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(
         lines.len(),
@@ -407,42 +433,16 @@ async fn three_agents_drain_sixty_items_each_run_once() {
 #[tokio::test]
 async fn agents_that_check_before_claiming_run_every_item_once() {
     let ns = TestNamespace::new("agent-precheck").await;
-    let api: Api<WorkItem> = ns.api();
-    let dir = scratch(&ns);
-    let ran = dir.join("ran.log");
-    let ran_s = ran.to_string_lossy().into_owned();
-    let script = r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT" >> "$RAN_LOG""#;
-    let mut agents: Vec<Agent> = (0..2)
-        .map(|i| {
-            Agent::start(
-                &ns,
-                &dir,
-                &format!("checker-{i}"),
-                &[("RAN_LOG", &ran_s), ("TRIAD_CLAIM_PRECHECK_ABOVE", "0")],
-                &["sh", "-c", script],
-            )
-        })
-        .collect();
-    for a in &mut agents {
-        a.wait_ready().await;
-    }
-    let names: Vec<String> = (0..30).map(|i| format!("item-{i:02}")).collect();
-    futures::future::join_all(names.iter().map(|n| create(&api, n, json!({})))).await;
-    wait_for(
-        Duration::from_secs(90),
-        "all 30 items Succeeded",
-        || async {
-            let list = api.list(&ListParams::default()).await.ok()?;
-            (list.items.len() == 30
-                && list
-                    .items
-                    .iter()
-                    .all(|i| i.phase() == Some(Phase::Succeeded)))
-            .then_some(())
-        },
+    let drained = drain(
+        &ns,
+        "checker",
+        2,
+        30,
+        &[("TRIAD_CLAIM_PRECHECK_ABOVE", "0")],
+        "true",
     )
     .await;
-    let log = std::fs::read_to_string(&ran).expect("ran log");
+    let (agents, log) = (drained.agents, drained.log);
     let runs: HashSet<&str> = log.lines().collect();
     assert_eq!(log.lines().count(), 30, "each item ran once:\n{log}");
     assert_eq!(runs.len(), 30, "{log}");
