@@ -4,27 +4,34 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CLUSTER ?= dev
 TEST_CLUSTER ?= test
+# The static build the local images carry: debug builds fast; `make image` publishes release.
+IMAGE_PROFILE ?= debug
 HACK := hack
-K8S_PATH = $(shell bash -c 'source $(HACK)/lib.sh >/dev/null; echo $$PATH')
 
 .PHONY: help
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## build the control plane, etcd, helm and promtool from Go modules (cached)
+tools: ## build the control plane, kubelet, etcd, crictl, helm and promtool from Go modules (cached)
 	@bash $(HACK)/build-control-plane.sh
 
 .PHONY: build
-build: ## build triad and the local node runner
+build: ## build triad and the bench harness
 	$(CARGO) build --workspace --bins
+
+.PHONY: image
+image: ## build Triad's image (static musl, release) without a container engine; load it into a running dev cluster
+	@bash $(HACK)/image.sh build release
+	@if bash $(HACK)/cluster.sh env $(CLUSTER) >/dev/null 2>&1; then bash $(HACK)/image.sh load $(CLUSTER); fi
 
 .PHONY: crds
 crds: ## regenerate crds/ from the Rust types
 	$(CARGO) run -q --bin triad -- crds > crds/triad.dev.yaml
 
 .PHONY: cluster
-cluster: build ## start the local control plane and node; last line: export KUBECONFIG=...
+cluster: ## start the local control plane and a kubelet node with Triad's image; last line: export KUBECONFIG=...
+	@bash $(HACK)/image.sh build $(IMAGE_PROFILE)
 	@bash $(HACK)/cluster.sh up $(CLUSTER)
 
 .PHONY: cluster-down
@@ -32,9 +39,9 @@ cluster-down: ## stop the local control plane and node, remove its state
 	@bash $(HACK)/cluster.sh down $(CLUSTER)
 
 .PHONY: test
-test: build ## unit tests, then integration tests against a local control plane
+test: build ## unit tests, then integration tests against a local cluster with a real kubelet
 	$(CARGO) test --workspace --lib --bins
-	@bash $(HACK)/test-integration.sh $(TEST_CLUSTER)
+	@TRIAD_IMAGE_PROFILE=$(IMAGE_PROFILE) bash $(HACK)/test-integration.sh $(TEST_CLUSTER)
 
 .PHONY: lint
 lint: ## fmt, clippy -D warnings, CRD drift, helm lint/render + server dry run, promtool, dashboard
@@ -45,7 +52,8 @@ deploy: ## install the CRDs and the Helm chart into the current KUBECONFIG's clu
 	@bash $(HACK)/deploy.sh $(VALUES)
 
 .PHONY: demo
-demo: build ## local cluster + CRDs + samples, then show them (KEEP=1 leaves the cluster up)
+demo: ## local cluster, the chart installed with helm, the samples run; fails unless the story ends as told (KEEP=1 leaves it up)
+	@bash $(HACK)/image.sh build $(IMAGE_PROFILE)
 	@bash $(HACK)/demo.sh $(CLUSTER)
 
 .PHONY: bench

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and helm
-# from the published Go modules into a cache outside the checkout. Only what is missing
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, etcd,
+# crictl, helm and promtool from the published Go modules into a cache outside the checkout. Only what is missing
 # is built, so a warm cache makes this a no-op.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 build_kubernetes() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) missing=0
   for b in "${want[@]}"; do [[ -x "$K8S_BIN/$b" ]] || missing=1; done
   [[ $missing == 0 ]] && return 0
   log "building kubernetes $K8S_VERSION (cold: ~15-25 min on 2 cores)"
@@ -37,7 +37,7 @@ build_kubernetes() {
   mkdir -p "$K8S_BIN"
   go build -trimpath -ldflags "-s -w $ld" -o "$K8S_BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet
   cd / && rm -rf "$work"
 }
 
@@ -79,8 +79,16 @@ build_promtool() {
     "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
 }
 
-targets=("${@:-kubernetes etcd helm promtool}")
+# crictl: the CRI client a node's operator uses; hack/node.sh removes a node's pods with it.
+build_crictl() {
+  [[ -x "$CRICTL_BIN/crictl" ]] && return 0
+  log "building crictl $CRICTL_VERSION"
+  mkdir -p "$CRICTL_BIN"
+  GOBIN="$CRICTL_BIN" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+}
+
+targets=("${@:-kubernetes etcd crictl helm promtool}")
 for t in ${targets[*]}; do
   ( "build_$t" )
 done
-log "control plane binaries ready in $TRIAD_CACHE"

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-# (when built) the Triad node runner, as plain processes on loopback.
+# A local cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler as
+# plain processes, and a node of containerd, runc and a kubelet (hack/node.sh) that runs
+# pods as containers of locally built images (hack/image.sh).
 #
 #   hack/cluster.sh up   [name]   start (idempotent); last line: export KUBECONFIG=<path>
 #   hack/cluster.sh down [name]   stop every process it started and remove the state
 #   hack/cluster.sh env  [name]   print the export line of a running cluster
 #
+# TRIAD_NODE=0 starts the control plane alone (make lint's server-side dry runs).
+#
 # Each cluster lives in its own directory with ports chosen free at start, so a test run
 # can start its own cluster beside a developer's without a collision.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$HACK_DIR/node.sh"
 
 CMD="${1:-up}"
 NAME="${2:-${TRIAD_CLUSTER:-dev}}"
@@ -22,10 +26,12 @@ free_port() {
 
 alive() { [[ -f "$DIR/$1.pid" ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 
+with_node() { [[ "${TRIAD_NODE:-1}" != 0 ]]; }
+
 apiserver_ready() {
   [[ -f "$DIR/port.apiserver" ]] || return 1
   curl -sf --max-time 2 --cacert "$DIR/pki/ca.crt" --cert "$DIR/pki/admin.crt" --key "$DIR/pki/admin.key" \
-    "https://127.0.0.1:$(cat "$DIR/port.apiserver")/readyz" >/dev/null 2>&1
+    "https://$(node_ip):$(cat "$DIR/port.apiserver")/readyz" >/dev/null 2>&1
 }
 
 start() { # name, command...
@@ -53,7 +59,7 @@ make_pki() {
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=triad-local-ca" \
     -keyout ca.key -out ca.crt 2>/dev/null
   cat >server.ext <<EXT
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,IP:$(node_ip),IP:$(service_ip),DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth
 EXT
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout server.key -out server.csr 2>/dev/null
@@ -76,7 +82,7 @@ kind: Config
 clusters:
 - name: triad-$NAME
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$(node_ip):$port
     certificate-authority-data: $(base64 -w0 "$DIR/pki/ca.crt")
 users:
 - name: triad-admin
@@ -91,16 +97,21 @@ KC
 }
 
 up() {
-  if alive etcd && alive apiserver && alive controller-manager && alive scheduler && apiserver_ready; then
-    [[ -x "$(localnode_bin)" ]] && ! alive localnode && start_localnode
+  if alive etcd && alive apiserver && alive controller-manager && alive scheduler &&
+    { ! with_node || { alive containerd && alive kubelet; }; } && apiserver_ready; then
+    # Images built since the cluster started (make image, make test) replace the old ones.
+    with_node && bash "$HACK_DIR/image.sh" load "$NAME"
     log "cluster '$NAME' already running"
     echo "export KUBECONFIG=$KUBECONFIG_PATH"
     return 0
   fi
   down quiet
-  bash "$HACK_DIR/build-control-plane.sh" kubernetes etcd
+  need_tools kubernetes etcd crictl
+  with_node && node_packages
   mkdir -p "$DIR"
   local t0=$SECONDS
+  claim_slot
+  network_up
   make_pki
   local etcd_port etcd_peer api_port
   etcd_port="$(free_port)"; etcd_peer="$(free_port)"; api_port="$(free_port)"
@@ -113,10 +124,12 @@ up() {
     --quota-backend-bytes=8589934592 --log-level=warn
   start apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port "$api_port" \
+    --bind-address="$(node_ip)" --advertise-address="$(node_ip)" --secure-port "$api_port" \
     --cert-dir "$DIR/pki" --tls-cert-file "$DIR/pki/server.crt" --tls-private-key-file "$DIR/pki/server.key" \
     --client-ca-file "$DIR/pki/ca.crt" \
-    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true \
+    --service-cluster-ip-range="198.19.$(slot).0/24" --allow-privileged=true \
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-client-certificate "$DIR/pki/admin.crt" --kubelet-client-key "$DIR/pki/admin.key" \
     --authorization-mode=Node,RBAC \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$DIR/pki/sa.pub" --service-account-signing-key-file "$DIR/pki/sa.key" \
@@ -146,25 +159,14 @@ up() {
     ((SECONDS > deadline)) && { log "no default service account; see $DIR/controller-manager.log"; exit 1; }
     sleep 0.2
   done
-  [[ -x "$(localnode_bin)" ]] && start_localnode
-  log "cluster '$NAME' ready in $((SECONDS - t0)) s (state: $DIR)"
+  with_node && node_up
+  log "cluster '$NAME' ready in $((SECONDS - t0)) s (state: $DIR, node triad-$NAME at $(node_ip))"
   echo "export KUBECONFIG=$KUBECONFIG_PATH"
 }
 
-localnode_bin() { echo "${TRIAD_LOCALNODE_BIN:-$REPO_ROOT/target/debug/triad-localnode}"; }
-
-start_localnode() {
-  start localnode env KUBECONFIG="$KUBECONFIG_PATH" \
-    TRIAD_BIN="${TRIAD_BIN:-$REPO_ROOT/target/debug/triad}" \
-    "$(localnode_bin)" --node-name "triad-$NAME" --work-dir "$DIR/pods"
-}
-
 down() {
-  for p in localnode scheduler controller-manager apiserver etcd; do stop_one "$p"; done
-  # Pods run by the node runner are their own process groups; sweep any left behind.
-  if [[ -d "$DIR/pods" ]]; then
-    for f in "$DIR"/pods/*/pid; do [[ -f $f ]] && kill -KILL -- "-$(cat "$f")" 2>/dev/null || true; done
-  fi
+  node_down
+  for p in scheduler controller-manager apiserver etcd; do stop_one "$p"; done
   rm -rf "$DIR"
   [[ "${1:-}" == quiet ]] || log "cluster '$NAME' stopped"
 }

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The demo: a local cluster and node, the operator installed with Helm, and
-# config/samples/ — then a live view until the sample request finishes, and a summary.
-# KEEP=1 leaves everything running and prints how to use kubectl against it.
+# The demo: a local cluster with a kubelet node, the operator installed from Triad's
+# image with Helm, and config/samples/ — then a live view until the sample request
+# finishes, a summary, and a check that the story went as told: the request Succeeded,
+# the stalled task was restarted, the over-budget task was escalated and re-routed.
+# Exits non-zero otherwise. KEEP=1 leaves everything running.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_tools kubernetes
 NAME="${1:-dev}"
 TIMEOUT="${DEMO_TIMEOUT:-240}"
 export_line="$(bash "$HACK_DIR/cluster.sh" up "$NAME" | tail -1)"
 export KUBECONFIG="${export_line#export KUBECONFIG=}"
 STATE_DIR="$(dirname "$KUBECONFIG")"
-# The operator is installed with its Helm chart, as on a real cluster; the node runner
-# runs the locally built binary in place of the image.
+# The operator is installed with its Helm chart, as on a real cluster, from the image
+# `make demo` built and loaded into the node's containerd.
 HELM_TIMEOUT=2m bash "$HACK_DIR/deploy.sh" >"$STATE_DIR/deploy.log" 2>&1 ||
   { echo "helm install failed:"; tail -20 "$STATE_DIR/deploy.log"; exit 1; }
 echo "operator installed: $(kubectl -n triad-system get deploy -o name | tr '\n' ' ')"
@@ -31,8 +34,19 @@ echo; echo "Summary:"
 kubectl get wr release-1-2
 kubectl get wi -o custom-columns='ITEM:.metadata.name,PHASE:.status.phase,QUEUE:.status.queue,ATTEMPTS:.status.attempt,AGENT:.status.claim.agent,TOKENS:.status.usage.tokens,LAST ERROR:.status.lastError.reason,INTERVENTIONS:.status.interventions[*].action'
 echo; kubectl get events --field-selector involvedObject.kind=WorkItem --sort-by=.lastTimestamp -o custom-columns='ITEM:.involvedObject.name,REASON:.reason,MESSAGE:.message' 2>/dev/null | tail -15
+# The story, checked: each line names what a viewer should have seen.
 status=0
-[[ "$phase" == Succeeded || "$phase" == Failed ]] || { echo "the request did not finish within ${TIMEOUT}s"; status=1; }
+task() { kubectl get wi -l "triad.dev/task=$1" -o jsonpath="$2" 2>/dev/null; }
+check() { if eval "$2"; then echo "  ok    $1"; else echo "  FAIL  $1"; status=1; fi; }
+echo; echo "The story:"
+check "the request Succeeded (phase: ${phase:-none})" '[[ "$phase" == Succeeded ]]'
+check "flaky-login stalled, the progress monitor restarted it, and a later attempt succeeded" \
+  '[[ "$(task flaky-login "{.items[0].status.interventions[*].monitor}")" == *progress* && "$(task flaky-login "{.items[0].status.attempt}")" -ge 2 ]]'
+check "export-csv ran over its token budget, was escalated and re-routed to the bug queue" \
+  '[[ "$(task export-csv "{.items[0].status.interventions[*].action}")" == *Escalate* && "$(task export-csv "{.items[0].status.queue}")" == bug ]]'
+agent="$(kubectl get pods -l triad.dev/pool=engineers -o name 2>/dev/null | head -1)"
+check "kubectl logs shows an agent's log (${agent:-no agent pod left})" \
+  '[[ -z "$agent" ]] || [[ -n "$(kubectl logs "$agent" --tail=5 2>/dev/null)" ]]'
 if [[ "${KEEP:-0}" == 1 ]]; then
   echo; echo "Everything keeps running (the operator is the Helm release 'triad' in triad-system). Use it with:"; echo "$export_line"
 else

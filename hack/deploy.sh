@@ -6,10 +6,11 @@
 #
 # Env: TRIAD_NAMESPACE (default triad-system), TRIAD_RELEASE (default triad),
 #      HELM_TIMEOUT (default 3m), HELM_ARGS (extra arguments, e.g. "--set roles.split=true").
-# On the local cluster (hack/cluster.sh) the node runner runs the locally built
-# target/debug/triad in place of the image, so no image needs to be built or pushed.
+# On a local cluster (hack/cluster.sh) the chart's image is the one `make image` built and
+# loaded into the node's containerd, so nothing is pulled.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
+need_tools kubernetes helm
 
 NAMESPACE="${TRIAD_NAMESPACE:-triad-system}"
 RELEASE="${TRIAD_RELEASE:-triad}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make bench` and `make chaos`: release-build triad, the node runner and the harness
-# (tools/bench); start a fresh dedicated cluster named after the mode, whose node runner
-# runs the release triad; run `triad-bench <mode>`; write target/<mode>/report.json and
-# print a summary. KEEP=1 leaves the cluster running.
+# `make bench` and `make chaos`: release-build triad and the harness (tools/bench), and
+# Triad's image from the release static build; start a fresh dedicated cluster named
+# after the mode, whose kubelet runs agent pods from that image; run `triad-bench <mode>`;
+# write target/<mode>/report.json and print a summary. KEEP=1 leaves the cluster running.
 #
 #   bench  etcd with fsync on, as in production; BENCH_ARGS passes harness flags
 #   chaos  2 000 items on 10 agents under agent, operator and kube-apiserver faults and
@@ -10,6 +10,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MODE="${1:?usage: hack/harness.sh bench|chaos}"
 NAME="$MODE"
+need_tools kubernetes etcd crictl
 cd "$REPO_ROOT"
 extra=()
 case "$MODE" in
@@ -22,9 +23,9 @@ case "$MODE" in
   chaos) extra=(${CHAOS_ARGS:-}) ;;
   *) echo "unknown mode $MODE: bench or chaos" >&2; exit 2 ;;
 esac
-cargo build --release -p triad -p triad-localnode -p triad-bench
+cargo build --release -p triad -p triad-bench
+bash "$HACK_DIR/image.sh" build release
 export TRIAD_BIN="$REPO_ROOT/target/release/triad"
-export TRIAD_LOCALNODE_BIN="$REPO_ROOT/target/release/triad-localnode"
 # A fresh cluster: earlier runs' objects would skew memory and write counts.
 bash "$HACK_DIR/cluster.sh" down "$NAME" >/dev/null 2>&1 || true
 export_line="$(bash "$HACK_DIR/cluster.sh" up "$NAME" | tail -1)"

@@ -25,6 +25,8 @@ trap cleanup EXIT
 step() { echo "==> $*" >&2; }
 fail() { echo "lint: $*" >&2; exit 1; }
 
+need_tools kubernetes helm promtool
+
 step "cargo fmt --check"
 $CARGO fmt --all -- --check
 
@@ -121,7 +123,7 @@ if [[ "${LINT_SKIP_CLUSTER:-0}" == 1 ]]; then
 fi
 step "server-side dry run against the local API server (cluster $LINT_CLUSTER)"
 if ! bash "$HACK_DIR/cluster.sh" env "$LINT_CLUSTER" >/dev/null 2>&1; then started_cluster=1; fi
-export_line="$(TRIAD_LOCALNODE_BIN=/nonexistent bash "$HACK_DIR/cluster.sh" up "$LINT_CLUSTER" | tail -1)"
+export_line="$(TRIAD_NODE=0 bash "$HACK_DIR/cluster.sh" up "$LINT_CLUSTER" | tail -1)"
 export KUBECONFIG="${export_line#export KUBECONFIG=}"
 kubectl apply --server-side -f "$CHART/crds/" >/dev/null
 # Stand-ins for the Prometheus Operator's CRDs, so the monitoring objects are checked

@@ -48,6 +48,7 @@ use self::writer::{
     Attempt, Ending, ItemWriter, ending_ops, progress_ops, progress_value, violation_op,
 };
 use crate::api::{LifecycleType, OutcomeKind, WorkItem, WorkQueue};
+use crate::core::attempt_log;
 use crate::k8s::fence::{AgentIdentity, ClaimError, FenceError, claim};
 
 /// How often the run loop looks at the report file, the lease and the held item.
@@ -416,7 +417,16 @@ impl Agent {
     /// item was taken from us).
     async fn handle(&mut self, item: WorkItem) -> Handled {
         self.metrics.busy.set(1);
+        // Bracket the attempt in the container log, for `kubectl triad logs --attempt`.
+        let marker = Attempt::of(&item)
+            .map(|a| (format!("{}/{}", self.cfg.namespace, a.name), a.attempt));
+        if let Some((key, attempt)) = &marker {
+            println!("{}", attempt_log::begin_line(key, *attempt));
+        }
         let handled = self.handle_inner(item).await;
+        if let Some((key, attempt)) = &marker {
+            println!("{}", attempt_log::end_line(key, *attempt));
+        }
         self.metrics.busy.set(0);
         handled
     }

@@ -10,6 +10,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::api::{AgentPool, Phase, WorkItem, WorkQueue, WorkRequest, labels};
+use crate::core::attempt_log;
 use crate::core::phase::effective_phase;
 
 #[derive(Args, Debug, Clone)]
@@ -341,13 +342,37 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     };
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     eprintln!("# {} attempt {attempt} ran on agent pod {pod}", args.item);
-    match pods.logs(&pod, &LogParams::default()).await {
-        Ok(text) => {
+    let key = format!("{ns}/{}", args.item);
+    let agent_container = match pods.get(&pod).await {
+        Ok(p) => p.spec.and_then(|s| s.containers.into_iter().next()).map(|c| c.name),
+        Err(e) => anyhow::bail!("agent pod {pod}: {e} (a deleted pod's log goes with it)"),
+    };
+    // The agent (first) container's log, and the one before it if it restarted since.
+    let mut logs = String::new();
+    let mut last_error = None;
+    for previous in [true, false] {
+        let params = LogParams {
+            container: agent_container.clone(),
+            previous,
+            ..Default::default()
+        };
+        match pods.logs(&pod, &params).await {
+            Ok(text) => logs.push_str(&text),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    if logs.is_empty()
+        && let Some(e) = last_error
+    {
+        anyhow::bail!("logs of pod {pod}: {e} (a deleted pod's log goes with it)");
+    }
+    match attempt_log::slice(&logs, &key, attempt) {
+        Some(text) => {
             print!("{text}");
             Ok(())
         }
-        Err(e) => anyhow::bail!(
-            "logs of pod {pod}: {e} (the pod may be gone; under the local node runner logs are in its pods/<ns>_<pod>_<uid>/ directory)"
+        None => anyhow::bail!(
+            "pod {pod}'s log has no attempt {attempt} of {key} (the container that ran it may have been replaced)"
         ),
     }
 }

@@ -12,6 +12,7 @@
 //! | [`retry`] | backoff delay; what follows an attempt; escalation policy |
 //! | [`graph`] | WorkRequest validation (names, dependencies, cycles) and item planning |
 //! | [`cycle`] | dependency cycles among existing items (applied one by one, not planned) |
+//! | [`attempt_log`] | which lines of an agent's log are one attempt's |
 //! | [`admission`] | Pending → Queued, wait, or fail on a failed dependency |
 //! | [`routing`] | which queue an item runs on |
 //! | [`ordering`] | effective priority with aging, candidate and queue choice |
@@ -21,6 +22,7 @@
 //! | [`report`] | parsing the work command's report channel |
 
 pub mod admission;
+pub mod attempt_log;
 pub mod cycle;
 pub mod graph;
 pub mod ordering;

@@ -60,7 +60,6 @@ impl Agent {
             .env("RUST_LOG", "info,kube=warn")
             .env("NO_COLOR", "1")
             .env_remove("POD_UID")
-            .env_remove("TRIAD_SERVICEACCOUNT_DIR")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

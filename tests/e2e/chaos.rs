@@ -1,11 +1,11 @@
 //! A short chaos run inside `make test` (the long one is `make chaos`): 200 items on an
-//! AgentPool of 4 agent pods (work: 0.2–1 s of sleep) (run by the node runner) while the test kills agent
-//! processes, deletes agent pods, pauses an agent past its lease, and aborts and respawns
-//! the scheduler, pool and supervisor roles (in-process, scoped to the test namespace).
-//! The shared API server is never touched. Every item must succeed exactly once.
+//! AgentPool of 4 agent pods (work: 0.2–1 s of sleep), containers on the test node, while
+//! the test kills agent containers (`crictl stop`), deletes agent pods, freezes an agent
+//! container past its lease (`ctr task pause`), and aborts and respawns the scheduler, pool
+//! and supervisor roles (in-process, scoped to the test namespace). The shared API server
+//! is never touched. Every item must succeed exactly once.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -15,7 +15,10 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue};
 
-use crate::support::{Role, TestNamespace, pods_dir, start_role, wait_for};
+use crate::support::{
+    Role, TestNamespace, agent_pod_spec, container_id, node_tool, scratch_dir, start_role,
+    wait_for,
+};
 
 const ITEMS: usize = 200;
 /// Items that must succeed after one fault before the next is injected.
@@ -23,35 +26,16 @@ const PROGRESS_BETWEEN_FAULTS: usize = 5;
 const AGENTS: usize = 4;
 const LEASE_SECONDS: u64 = 4;
 
-/// The node runner's process group ids of this namespace's pods: (pod, pgid).
-fn agent_processes(ns: &str) -> Vec<(String, i32)> {
-    let dir = pods_dir();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let fname = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = fname.strip_prefix(&format!("{ns}_")) else {
-            continue;
-        };
-        let pod = rest
-            .rsplit_once('_')
-            .map(|(p, _)| p.to_owned())
-            .unwrap_or_default();
-        if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            && PathBuf::from(format!("/proc/{pid}")).exists()
-        {
-            out.push((pod, pid));
-        }
-    }
-    out
-}
-
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: kill(2) on a pid (or, negative, a process group) of this test's pods.
-    unsafe {
-        libc::kill(pid, sig);
-    }
+/// The running agent containers of the chaos pool: (pod, container id).
+async fn agent_containers(pods: &Api<Pod>) -> Vec<(String, String)> {
+    pods.list(&ListParams::default().labels("triad.dev/pool=chaos"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.name_any(), container_id(p, "agent")?)))
+        .collect()
 }
 
 fn ready(p: &Pod) -> bool {
@@ -76,8 +60,7 @@ async fn ready_agents(pods: &Api<Pod>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_loses_nothing_and_completes_nothing_twice() {
     let ns = TestNamespace::new("chaos").await;
-    let scratch = std::env::temp_dir().join(format!("triad-{}", ns.name));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = scratch_dir("chaos");
     let worklog = scratch.join("work.log");
     std::fs::write(&worklog, "").expect("work log");
 
@@ -95,17 +78,13 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
         .await
         .expect("create queue");
     let script = format!(
-        r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT start" >> {log}; sleep "$(printf '0.%03d' $((200 + RANDOM % 800)))"; echo "$TRIAD_ITEM $TRIAD_ATTEMPT done" >> {log}"#,
+        r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT start" >> {log}; sleep "$(printf '0.%03d' $((200 + $(od -An -N2 -tu2 /dev/urandom) % 800)))"; echo "$TRIAD_ITEM $TRIAD_ATTEMPT done" >> {log}"#,
         log = worklog.display()
     );
     let pool: AgentPool = serde_json::from_value(json!({"metadata": {"name": "chaos"}, "spec": {
         "queues": [{"name": "q"}], "replicas": AGENTS,
         "leaseSeconds": LEASE_SECONDS, "lifecycle": {"type": "Persistent"},
-        "template": {"spec": {
-            "nodeSelector": {"triad.dev/localnode": "true"},
-            "containers": [{"name": "agent", "image": "triad",
-                "command": ["triad", "agent", "--", "bash", "-c", script],
-                "env": [{"name": "RUST_LOG", "value": "info,kube=warn"}]}]}}}}))
+        "template": {"spec": agent_pod_spec(&script, json!([{"name": "RUST_LOG", "value": "info,kube=warn"}]))}}}))
     .expect("pool");
     ns.api::<AgentPool>()
         .create(&PostParams::default(), &pool)
@@ -165,16 +144,21 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
     );
     for fault in plan {
         injected.push((fault, done));
-        let procs = agent_processes(&ns.name);
-        let victim = procs
-            .get(rand::random::<u32>() as usize % procs.len().max(1))
+        let containers = agent_containers(&pods).await;
+        let victim = containers
+            .get(rand::random::<u32>() as usize % containers.len().max(1))
             .cloned();
         match (fault, victim) {
-            ("kill", Some((_, pid))) => kill(pid, libc::SIGKILL),
-            ("pause", Some((_, pid))) => {
-                kill(-pid, libc::SIGSTOP);
-                tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2 + 1)).await;
-                kill(-pid, libc::SIGCONT);
+            // A victim that died since the list was read makes the fault a no-op.
+            ("kill", Some((_, id))) => {
+                let _ = node_tool("crictl", &["stop", "--timeout", "0", &id]);
+            }
+            ("pause", Some((_, id))) => {
+                // The cgroup freezer: the agent and its work stop at once, past the lease.
+                if node_tool("ctr", &["task", "pause", &id]).is_ok() {
+                    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2 + 1)).await;
+                    let _ = node_tool("ctr", &["task", "resume", &id]);
+                }
             }
             ("delete", Some((pod, _))) => {
                 let _ = pods

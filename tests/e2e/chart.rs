@@ -27,14 +27,14 @@ use crate::support::{TestNamespace, kubeconfig_path, kubectl, repo_root, wait_fo
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The helm binary: `TRIAD_HELM`, else the one `hack/lib.sh` puts on PATH.
+/// The helm binary: `TRIAD_HELM`, else the one `need_tools helm` (hack/lib.sh) builds.
 fn helm() -> PathBuf {
     if let Ok(p) = std::env::var("TRIAD_HELM") {
         return p.into();
     }
     let out = Command::new("bash")
         .arg("-c")
-        .arg("source hack/lib.sh >/dev/null && command -v helm")
+        .arg("source hack/lib.sh >/dev/null && need_tools helm >&2 && command -v helm")
         .current_dir(repo_root())
         .output()
         .expect("run bash");

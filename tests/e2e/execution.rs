@@ -1,8 +1,8 @@
-//! The whole execution layer on the real control plane and the local node: the pool
-//! controller creates agent pods, the node runner runs them as processes with their own
-//! service-account identity, agents claim and run items, the scheduler and the
-//! supervisor do their parts. All three roles run in the test process, scoped to the
-//! test's namespace.
+//! The whole execution layer on the real control plane and a real node: the pool
+//! controller creates agent pods, the kubelet runs them as containers of Triad's image on
+//! containerd and runc, with their own service-account identity; agents claim and run
+//! items, the scheduler and the supervisor do their parts. All three roles run in the
+//! test process, scoped to the test's namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -14,7 +14,8 @@ use serde_json::json;
 use triad::api::{AgentPool, Phase, WorkItem, WorkQueue, labels};
 
 use crate::support::{
-    Role, TestNamespace, create, kubeconfig_path, pods_dir, scratch_dir, start_role, wait_for,
+    Role, TestNamespace, agent_pod_spec, container_id, container_processes, create,
+    kubeconfig_path, scratch_dir, start_role, wait_for,
 };
 
 /// `triad controller` as a child process scoped to the test namespace; killed on drop.
@@ -52,10 +53,7 @@ fn pool(name: &str, queue: &str, extra: serde_json::Value, script: &str) -> serd
     let mut spec = json!({
         "queues": [{"name": queue}],
         "leaseSeconds": 3,
-        "template": {"spec": {
-            "terminationGracePeriodSeconds": 5,
-            "containers": [{"name": "agent", "image": "triad", "command": ["triad", "agent", "--", "sh", "-c", script]}]
-        }}
+        "template": {"spec": agent_pod_spec(script, json!([]))}
     });
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
@@ -295,20 +293,11 @@ async fn a_deleted_idle_agent_is_replaced_and_leaves_no_process_behind() {
     })
     .await;
     let uid = running.metadata.uid.clone().expect("uid");
-    let pid_file = pods_dir()
-        .join(format!("{}_{}_{uid}", ns.name, running.name_any()))
-        .join("pid");
-    let pgid: i32 = wait_for(
-        Duration::from_secs(30),
-        "the pod's process group",
-        || async { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() },
-    )
-    .await;
-    // SAFETY: kill with signal 0 only checks whether the process group exists.
-    assert_eq!(
-        unsafe { libc::kill(-pgid, 0) },
-        0,
-        "the agent runs as process group {pgid}"
+    let container = container_id(&running, "agent").expect("the agent container runs");
+    let processes = container_processes(&container);
+    assert!(
+        !processes.is_empty(),
+        "the agent runs as container {container} with processes on the host"
     );
     ns.api::<Pod>()
         .delete(&running.name_any(), &DeleteParams::default())
@@ -326,8 +315,11 @@ async fn a_deleted_idle_agent_is_replaced_and_leaves_no_process_behind() {
         Duration::from_secs(30),
         "the deleted agent's processes to be gone",
         || async {
-            // SAFETY: as above, a pure existence check.
-            (unsafe { libc::kill(-pgid, 0) } != 0).then_some(())
+            processes
+                .iter()
+                // SAFETY: kill with signal 0 only checks whether the process exists.
+                .all(|pid| unsafe { libc::kill(*pid, 0) } != 0)
+                .then_some(())
         },
     )
     .await;

@@ -1,4 +1,4 @@
-//! Integration tests against the real local control plane (see `support`).
+//! Integration tests against the real local cluster: control plane and kubelet (see `support`).
 
 mod agent;
 mod api;
@@ -11,6 +11,7 @@ mod crd_model;
 mod deep_payload;
 mod execution;
 mod ladder;
+mod node;
 mod pool;
 mod scheduler;
 mod supervisor;

@@ -224,18 +224,115 @@ pub fn metric_value(serve: &triad::serve::State, name: &str) -> Option<f64> {
     })
 }
 
-/// A fresh scratch directory for logs the test's work commands write.
+/// The image of the tests' agent pods: Triad's image plus busybox under `/bin`, the image
+/// a user builds `FROM` Triad's when the work needs a shell (`hack/image.sh`).
+pub const AGENT_IMAGE: &str = "localhost/triad-busybox:dev";
+
+/// Where scratch directories live: world-writable, because agent containers run as uid
+/// 65532, and mounted into agent pods at the same path (see [`agent_pod_spec`]).
+fn scratch_root() -> PathBuf {
+    let root = std::env::temp_dir().join("triad-e2e");
+    std::fs::create_dir_all(&root).expect("scratch root");
+    set_mode(&root, 0o1777);
+    root
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A fresh scratch directory for logs the test's work commands write, on the host or in
+/// an agent pod.
 pub fn scratch_dir(prefix: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-e2e-{prefix}-{}", rand::random::<u32>()));
+    let dir = scratch_root().join(format!("{prefix}-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
+    set_mode(&dir, 0o777);
     dir
 }
 
-/// Where the test cluster's node runner keeps its pod directories
-/// (`<ns>_<pod>_<uid>/`, with the pod's process group id in `pid`).
-pub fn pods_dir() -> PathBuf {
+/// An AgentPool's pod template: one agent container of [`AGENT_IMAGE`] that runs
+/// `sh -c <script>` for each item, with the scratch directories mounted from the host so
+/// the test can read what the work wrote.
+pub fn agent_pod_spec(script: &str, env: serde_json::Value) -> serde_json::Value {
+    let root = scratch_root().display().to_string();
+    serde_json::json!({
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{
+            "name": "agent", "image": AGENT_IMAGE,
+            "command": ["triad", "agent", "--", "sh", "-c", script],
+            "env": env,
+            "volumeMounts": [{"name": "scratch", "mountPath": root}]
+        }],
+        "volumes": [{"name": "scratch", "hostPath": {"path": root, "type": "Directory"}}]
+    })
+}
+
+// === impl the node's runtime ===
+
+/// The test cluster's containerd socket, for `crictl` and `ctr` as a node's operator uses
+/// them.
+pub fn containerd_socket() -> PathBuf {
     kubeconfig_path()
         .parent()
         .expect("cluster state dir")
-        .join("pods")
+        .join("containerd/containerd.sock")
+}
+
+/// The running container of a pod's `container` as containerd knows it: its id (from the
+/// pod's status, without the `containerd://` prefix).
+pub fn container_id(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container && c.state.as_ref().is_some_and(|s| s.running.is_some()))?
+        .container_id
+        .as_deref()?
+        .strip_prefix("containerd://")
+        .map(str::to_owned)
+}
+
+/// Host pids of the processes in a container: those whose cgroup path ends in its id.
+pub fn container_processes(id: &str) -> Vec<i32> {
+    let suffix = format!("/{id}");
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.lines().any(|l| l.ends_with(&suffix)))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Runs `crictl` or `ctr` (namespace `k8s.io`) against the test node: its stdout, or
+/// what it said when it failed.
+pub fn node_tool(tool: &str, args: &[&str]) -> Result<String, String> {
+    let socket = containerd_socket().display().to_string();
+    let mut cmd = match tool {
+        "crictl" => {
+            let mut c = Command::new(std::env::var("TRIAD_CRICTL").unwrap_or_else(|_| "crictl".into()));
+            c.args(["--runtime-endpoint", &format!("unix://{socket}")]);
+            c
+        }
+        _ => {
+            let mut c = Command::new("ctr");
+            c.args(["--address", &socket, "-n", "k8s.io"]);
+            c
+        }
+    };
+    let out = cmd.args(args).output().map_err(|e| format!("{tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{tool} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
