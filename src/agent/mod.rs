@@ -418,8 +418,8 @@ impl Agent {
     async fn handle(&mut self, item: WorkItem) -> Handled {
         self.metrics.busy.set(1);
         // Bracket the attempt in the container log, for `kubectl triad logs --attempt`.
-        let marker = Attempt::of(&item)
-            .map(|a| (format!("{}/{}", self.cfg.namespace, a.name), a.attempt));
+        let marker =
+            Attempt::of(&item).map(|a| (format!("{}/{}", self.cfg.namespace, a.name), a.attempt));
         if let Some((key, attempt)) = &marker {
             println!("{}", attempt_log::begin_line(key, *attempt));
         }

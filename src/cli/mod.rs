@@ -65,8 +65,12 @@ impl Cli {
 /// switches to JSON lines for log collectors.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: in a container log (`kubectl logs`) escape codes are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if std::env::var("TRIAD_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

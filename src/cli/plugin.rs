@@ -344,7 +344,10 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     eprintln!("# {} attempt {attempt} ran on agent pod {pod}", args.item);
     let key = format!("{ns}/{}", args.item);
     let agent_container = match pods.get(&pod).await {
-        Ok(p) => p.spec.and_then(|s| s.containers.into_iter().next()).map(|c| c.name),
+        Ok(p) => p
+            .spec
+            .and_then(|s| s.containers.into_iter().next())
+            .map(|c| c.name),
         Err(e) => anyhow::bail!("agent pod {pod}: {e} (a deleted pod's log goes with it)"),
     };
     // The agent (first) container's log, and the one before it if it restarted since.

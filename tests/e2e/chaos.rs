@@ -16,8 +16,7 @@ use serde_json::json;
 use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue};
 
 use crate::support::{
-    Role, TestNamespace, agent_pod_spec, container_id, node_tool, scratch_dir, start_role,
-    wait_for,
+    Role, TestNamespace, agent_pod_spec, container_id, node_tool, scratch_dir, start_role, wait_for,
 };
 
 const ITEMS: usize = 200;
@@ -61,8 +60,8 @@ async fn ready_agents(pods: &Api<Pod>) -> usize {
 async fn chaos_loses_nothing_and_completes_nothing_twice() {
     let ns = TestNamespace::new("chaos").await;
     let scratch = scratch_dir("chaos");
+    // Created by the work itself: agent containers run as uid 65532.
     let worklog = scratch.join("work.log");
-    std::fs::write(&worklog, "").expect("work log");
 
     let mut roles: Vec<(Role, tokio::task::JoinHandle<()>)> =
         [Role::Scheduler, Role::Pools, Role::Supervisor]
@@ -153,12 +152,10 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
             ("kill", Some((_, id))) => {
                 let _ = node_tool("crictl", &["stop", "--timeout", "0", &id]);
             }
-            ("pause", Some((_, id))) => {
-                // The cgroup freezer: the agent and its work stop at once, past the lease.
-                if node_tool("ctr", &["task", "pause", &id]).is_ok() {
-                    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2 + 1)).await;
-                    let _ = node_tool("ctr", &["task", "resume", &id]);
-                }
+            // The cgroup freezer: the agent and its work stop at once, past the lease.
+            ("pause", Some((_, id))) if node_tool("ctr", &["task", "pause", &id]).is_ok() => {
+                tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2 + 1)).await;
+                let _ = node_tool("ctr", &["task", "resume", &id]);
             }
             ("delete", Some((pod, _))) => {
                 let _ = pods
@@ -196,7 +193,7 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
         let target = (done + PROGRESS_BETWEEN_FAULTS).min(ITEMS);
         done = wait_for(
             Duration::from_secs(60),
-            "items succeeding again after the fault",
+            &format!("items succeeding again after the fault {fault} (faults so far: {injected:?})"),
             || async {
                 let now = succeeded(&items.list(&ListParams::default()).await.ok()?.items);
                 (now >= target).then_some(now)

@@ -91,7 +91,14 @@ fn root_mount_options(container: &str) -> String {
 fn triad_logs(ns: &TestNamespace, item: &str, attempt: i32) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_triad"))
         .env("KUBECONFIG", kubeconfig_path())
-        .args(["logs", item, "--attempt", &attempt.to_string(), "-n", &ns.name])
+        .args([
+            "logs",
+            item,
+            "--attempt",
+            &attempt.to_string(),
+            "-n",
+            &ns.name,
+        ])
         .output()
         .expect("run triad logs")
 }
@@ -133,7 +140,11 @@ async fn the_chart_runs_the_operator_from_its_image_and_agents_run_on_the_kubele
         "no capabilities"
     );
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
-    assert_eq!(status_field(&status, "Seccomp:"), "2", "seccomp RuntimeDefault");
+    assert_eq!(
+        status_field(&status, "Seccomp:"),
+        "2",
+        "seccomp RuntimeDefault"
+    );
     assert!(
         root_mount_options(&id).starts_with("ro"),
         "read-only root filesystem"
@@ -167,7 +178,10 @@ async fn the_chart_runs_the_operator_from_its_image_and_agents_run_on_the_kubele
     .await;
     let status = done.status.expect("status");
     assert_eq!(status.attempt, 2);
-    let pod = status.claim.and_then(|c| c.pod).expect("the claim names its pod");
+    let pod = status
+        .claim
+        .and_then(|c| c.pod)
+        .expect("the claim names its pod");
 
     // kubectl logs: the kubelet serves the agent container's log.
     let out = kubectl(&["-n", &ns.name, "logs", &pod]);
@@ -185,7 +199,10 @@ async fn the_chart_runs_the_operator_from_its_image_and_agents_run_on_the_kubele
     for (attempt, other) in [(1, 2), (2, 1)] {
         let out = triad_logs(&ns, "twice", attempt);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "triad logs --attempt {attempt}: {out:?}");
+        assert!(
+            out.status.success(),
+            "triad logs --attempt {attempt}: {out:?}"
+        );
         assert!(
             text.contains(&format!("work of {key} attempt {attempt}")),
             "attempt {attempt}:\n{text}"
@@ -256,8 +273,8 @@ fn image_layout() -> PathBuf {
 
 fn blob(layout: &std::path::Path, digest: &str) -> Value {
     let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-    let text =
-        std::fs::read_to_string(layout.join("blobs/sha256").join(hex)).expect("a blob of the layout");
+    let text = std::fs::read_to_string(layout.join("blobs/sha256").join(hex))
+        .expect("a blob of the layout");
     serde_json::from_str(&text).expect("a JSON blob")
 }
 
@@ -290,7 +307,9 @@ fn the_image_built_here_agrees_with_the_dockerfile() {
     .expect("index.json");
     let manifest = blob(
         &layout,
-        index["manifests"][0]["digest"].as_str().expect("a manifest"),
+        index["manifests"][0]["digest"]
+            .as_str()
+            .expect("a manifest"),
     );
     let config = blob(
         &layout,

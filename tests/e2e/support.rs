@@ -317,7 +317,8 @@ pub fn node_tool(tool: &str, args: &[&str]) -> Result<String, String> {
     let socket = containerd_socket().display().to_string();
     let mut cmd = match tool {
         "crictl" => {
-            let mut c = Command::new(std::env::var("TRIAD_CRICTL").unwrap_or_else(|_| "crictl".into()));
+            let mut c =
+                Command::new(std::env::var("TRIAD_CRICTL").unwrap_or_else(|_| "crictl".into()));
             c.args(["--runtime-endpoint", &format!("unix://{socket}")]);
             c
         }
@@ -327,7 +328,10 @@ pub fn node_tool(tool: &str, args: &[&str]) -> Result<String, String> {
             c
         }
     };
-    let out = cmd.args(args).output().map_err(|e| format!("{tool}: {e}"))?;
+    let out = cmd
+        .args(args)
+        .output()
+        .map_err(|e| format!("{tool}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{tool} {args:?} failed: {}",

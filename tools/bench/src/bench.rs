@@ -20,7 +20,8 @@ use crate::common::*;
 pub struct BenchArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
-    /// The cluster's state directory (hack/cluster.sh): pods/, *.pid.
+    /// The cluster's state directory (hack/cluster.sh): the kubeconfig, *.pid, and the
+    /// node's containerd socket (containerd/containerd.sock).
     #[arg(long)]
     pub state_dir: PathBuf,
     #[arg(long)]
@@ -356,6 +357,56 @@ async fn raw_writes(client: &Client, ns: &str, clients: usize, secs: u64) -> any
     Ok(count.load(std::sync::atomic::Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Versions of what runs the agent pods: the kubelet (from its Node), containerd (from
+/// the CRI, through the cluster's own socket) and runc. What cannot be asked is left out.
+async fn node_versions(client: &Client, state_dir: &std::path::Path) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    match nodes.list(&ListParams::default()).await {
+        Ok(list) => {
+            if let Some(info) = list
+                .items
+                .first()
+                .and_then(|n| n.status.as_ref()?.node_info.as_ref())
+            {
+                out.push(("kubelet".to_owned(), json!(info.kubelet_version)));
+            }
+        }
+        Err(e) => log(format!("node version: {e}")),
+    }
+    match node_tool(state_dir, NodeTool::Crictl, &["version"]).await {
+        Ok(text) => {
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("RuntimeVersion:")) {
+                out.push(("containerd".to_owned(), json!(v.trim())));
+            }
+        }
+        Err(e) => log(format!("containerd version: {e}")),
+    }
+    match tokio::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .await
+    {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            if let Some(v) = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("runc version"))
+            {
+                out.push(("runc".to_owned(), json!(v.trim())));
+            }
+        }
+        Ok(o) => log(format!(
+            "runc version: {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => log(format!("runc version: {e}")),
+    }
+    out
+}
+
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let client = client(&a.kubeconfig).await?;
@@ -535,7 +586,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(0.0);
     let efficiency = headline / (raw / 3.0);
 
-    // Jobs: one batch/v1 Job per item, running `true`, on the same node runner.
+    // Jobs: one batch/v1 Job per item, running `true`, on the same kubelet and image.
     apply_pool(&client, ns, "bench", &["q"], 0, 15, &["true"]).await?;
     wait_pool_ready(&client, ns, "bench", 0, Duration::from_secs(120)).await?;
     let nj = a
@@ -552,8 +603,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     "metadata": {"name": format!("job-{i:06}"), "labels": {"bench.triad.dev/run": "jobs"}},
                     "spec": {"backoffLimit": 6, "template": {"spec": {
                         "restartPolicy": "Never",
-                        "nodeSelector": {"triad.dev/localnode": "true"},
-                        "containers": [{"name": "work", "image": "busybox", "command": ["true"]}]}}}
+                        "containers": [{"name": "work", "image": SHELL_IMAGE, "command": ["true"]}]}}}
                 }))
                 .expect("job");
                 for _ in 0..20 {
@@ -635,10 +685,20 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let pods = wait_pool_ready(&client, ns, "idle", 1, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let pod_name = pods[0].metadata.name.clone().unwrap_or_default();
-    let agent = pod_pids(&a.state_dir, ns)
+    let agent = agent_containers(&client, ns)
+        .await
+        .unwrap_or_else(|e| {
+            log(format!("listing the agent containers: {e}"));
+            Vec::new()
+        })
         .into_iter()
-        .find(|(p, _, _)| *p == pod_name)
-        .and_then(|(_, _, pgid)| agent_pid(pgid));
+        .find(|c| c.pod == pod_name)
+        .map(|c| c.pid);
+    if agent.is_none() {
+        log(format!(
+            "no running agent container found for pod {pod_name}; agent RSS not measured"
+        ));
+    }
     let agent_rss = agent.and_then(rss_mb).unwrap_or(0.0);
     // Anonymous memory is the agent's own data; file-backed is mostly its binary's pages.
     let (agent_anon, agent_file) = agent.and_then(rss_parts_mb).unwrap_or((0.0, 0.0));
@@ -660,6 +720,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         .collect();
     versions.insert("kube_apiserver".into(), kube_version["gitVersion"].clone());
     versions.insert("triad".into(), json!(env!("CARGO_PKG_VERSION")));
+    versions.extend(node_versions(&client, &a.state_dir).await);
 
     let report = json!({
         "raw_writes_per_s": round(raw, 1),
@@ -685,7 +746,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "create_rate_per_s": round(create_rate, 1),
         "scheduler_reconcile_ms": {"p50": sched_p50, "p99": sched_p99, "reconciles": reconciles,
             "method": "triad_reconcile_duration_seconds{controller=\"workitem\"} delta while the 50 000 items were created and for 20 s after"},
-        "agents_are": "pods of an AgentPool run by the node runner (tools/localnode), release triad",
+        "agents_are": format!("pods of an AgentPool: containers of Triad's image ({SHELL_IMAGE}, release build) on a kubelet (containerd, runc)"),
         "operator_is": "one `triad controller` process (release), all roles",
         "etcd_fsync": std::env::var("TRIAD_ETCD_FSYNC").unwrap_or_default() == "1",
         "machine": machine(),

@@ -20,6 +20,8 @@ use crate::common::*;
 pub struct ChaosArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
+    /// The cluster's state directory (hack/cluster.sh): apiserver.pid and .log, and the
+    /// node's containerd socket (containerd/containerd.sock) for `crictl` and `ctr`.
     #[arg(long)]
     pub state_dir: PathBuf,
     #[arg(long)]
@@ -113,6 +115,20 @@ async fn restart_apiserver(state: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Thaws a container paused with `ctr task pause`, trying again for a while: a container
+/// left frozen would hold its pod's agent away for the rest of the run.
+async fn resume(state_dir: &Path, id: &str) {
+    for attempt in 1..=10 {
+        match node_tool(state_dir, NodeTool::Ctr, &["task", "resume", id]).await {
+            Ok(_) => return,
+            Err(e) => {
+                log(format!("  resume failed (attempt {attempt}): {e}"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 async fn apiserver_ready(client: &Client) -> bool {
     let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
         return false;
@@ -204,7 +220,7 @@ async fn invalid_inputs(client: &Client, ns: &str) -> Vec<(String, bool, String)
             "negative replicas",
             "AgentPool",
             "agentpools",
-            json!({"metadata": {"name": "bad-pool"}, "spec": {"queues": [{"name": "q"}], "replicas": -1, "template": {"spec": {"containers": [{"name": "a", "image": "triad"}]}}}}),
+            json!({"metadata": {"name": "bad-pool"}, "spec": {"queues": [{"name": "q"}], "replicas": -1, "template": {"spec": {"containers": [{"name": "a", "image": TRIAD_IMAGE}]}}}}),
         ),
         (
             "priority out of range (request)",
@@ -363,7 +379,7 @@ exit 0"#;
         &["bad"],
         1,
         LEASE as i32,
-        &["bash", "-c", script],
+        &["sh", "-c", script],
     )
     .await?;
     wait_pool_ready(client, ns, "bad", 1, Duration::from_secs(120)).await?;
@@ -457,6 +473,12 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
     let worklog = out.join("work.log");
     let _ = std::fs::remove_file(&worklog);
     std::fs::write(&worklog, "")?;
+    // The work runs in the agents' containers as uid 65532 and appends to this file
+    // through a hostPath mount.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&worklog, std::fs::Permissions::from_mode(0o666))?;
+    }
     let client = client(&a.kubeconfig).await?;
     let ns = a.namespace.as_str();
     prepare(&client, ns).await?;
@@ -492,16 +514,15 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         r#"echo "$TRIAD_ITEM $TRIAD_ATTEMPT start" >> {log}; sleep "$(printf '0.%03d' $((RANDOM % 500)))"; echo "$TRIAD_ITEM $TRIAD_ATTEMPT done" >> {log}"#,
         log = worklog.display()
     );
-    apply_pool(
-        &client,
-        ns,
+    let mut pool = pool_object(
         "chaos",
         &["q"],
         a.agents as i32,
         LEASE as i32,
-        &["bash", "-c", &script],
-    )
-    .await?;
+        &["sh", "-c", &script],
+    );
+    mount_host_path(&mut pool, &worklog, "File");
+    apply(&client, ns, pool).await?;
     wait_pool_ready(&client, ns, "chaos", a.agents, Duration::from_secs(180)).await?;
 
     log("invalid input");
@@ -593,20 +614,24 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         let mut healed_at = t0;
         match fault {
             Fault::DeletePod | Fault::KillAgent | Fault::PauseAgent => {
-                let pods = pod_pids(&a.state_dir, ns)
+                let agents = agent_containers(&client, ns)
+                    .await
+                    .unwrap_or_default()
                     .into_iter()
-                    .filter(|(p, _, _)| p.starts_with("chaos-"))
+                    .filter(|c| c.pod.starts_with("chaos-"))
                     .collect::<Vec<_>>();
-                if pods.is_empty() {
+                if agents.is_empty() {
                     continue;
                 }
-                let (pod, _, pgid) = pods[rand::rng().random_range(0..pods.len())].clone();
+                let agent = agents[rand::rng().random_range(0..agents.len())].clone();
+                let (pod, id) = (&agent.pod, agent.id.as_str());
+                let short = id.get(..12).unwrap_or(id);
                 match fault {
                     Fault::DeletePod => {
                         log(format!("fault: delete agent pod {pod}"));
                         let _ = pods_api
                             .delete(
-                                &pod,
+                                pod,
                                 &DeleteParams {
                                     grace_period_seconds: Some(0),
                                     ..Default::default()
@@ -616,19 +641,39 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
                         *counts.entry("agent_pod_deletes").or_default() += 1;
                     }
                     Fault::KillAgent => {
-                        let pid = agent_pid(pgid).unwrap_or(pgid);
-                        log(format!("fault: SIGKILL agent process {pid} of {pod}"));
-                        signal(pid, libc::SIGKILL);
+                        // As a crash: the runtime SIGKILLs the container at once and the
+                        // kubelet restarts it in the same pod.
+                        log(format!(
+                            "fault: kill agent container {short} of {pod} (agent pid {}; crictl stop --timeout 0)",
+                            agent.pid
+                        ));
+                        if let Err(e) = node_tool(
+                            &a.state_dir,
+                            NodeTool::Crictl,
+                            &["stop", "--timeout", "0", id],
+                        )
+                        .await
+                        {
+                            log(format!("  kill failed: {e}"));
+                            continue;
+                        }
                         *counts.entry("agent_process_kills").or_default() += 1;
                     }
                     _ => {
+                        // The cgroup freezer stops every process of the container at
+                        // once, below the kubelet, which keeps the pod as it is.
                         log(format!(
-                            "fault: SIGSTOP agent pod {pod} (group {pgid}) for {} s",
+                            "fault: pause agent container {short} of {pod} (ctr task pause) for {} s",
                             LEASE * 2 + 2
                         ));
-                        signal_group(pgid, libc::SIGSTOP);
+                        if let Err(e) =
+                            node_tool(&a.state_dir, NodeTool::Ctr, &["task", "pause", id]).await
+                        {
+                            log(format!("  pause failed: {e}"));
+                            continue;
+                        }
                         tokio::time::sleep(Duration::from_secs(LEASE * 2 + 2)).await;
-                        signal_group(pgid, libc::SIGCONT);
+                        resume(&a.state_dir, id).await;
                         healed_at = Instant::now();
                         *counts.entry("agent_pauses").or_default() += 1;
                     }
@@ -808,7 +853,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         "recovery_method": "per fault: from injection until the faulted part is back (pool at full strength / role /readyz / apiserver /readyz) and the Succeeded count has grown",
         "seconds": round(elapsed, 1),
         "agents": a.agents,
-        "agents_are": "pods of an AgentPool (leaseSeconds 6) run by the node runner",
+        "agents_are": format!("pods of an AgentPool (leaseSeconds 6): containers of Triad's image ({SHELL_IMAGE}, release build) on a kubelet (containerd, runc)"),
         "operator_is": "three `triad controller --roles <role>` processes",
     });
     let path = out.join("report.json");

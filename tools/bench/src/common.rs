@@ -1,5 +1,5 @@
 //! Shared pieces of the bench and chaos drivers: clients, Prometheus text parsing,
-//! process control of the operator, the node runner's pod directories.
+//! process control of the operator, the agent containers on the cluster's node.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,6 +108,59 @@ pub async fn apply(client: &Client, ns: &str, obj: Value) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Triad's image as hack/image.sh builds it and loads it into the node: only
+/// /usr/local/bin/triad, user 65532, no shell. Tagged, so the kubelet never tries to pull
+/// it (an untagged name means pull policy Always, and nothing can be pulled here).
+pub const TRIAD_IMAGE: &str = "ghcr.io/triad-dev/triad:0.1.0";
+
+/// Triad's image plus busybox under /bin (sh, true, sleep, ...): the image a user builds
+/// FROM Triad's when the work needs a shell.
+pub const SHELL_IMAGE: &str = "localhost/triad-busybox:dev";
+
+/// The image an agent needs for its work: Triad's own when the work is `triad` itself,
+/// the one with busybox for anything else.
+pub fn agent_image(work: &[&str]) -> &'static str {
+    match work.first() {
+        None | Some(&"triad") | Some(&"/usr/local/bin/triad") => TRIAD_IMAGE,
+        Some(_) => SHELL_IMAGE,
+    }
+}
+
+/// An AgentPool with `replicas` agents running `command` on `queues`.
+pub fn pool_object(
+    name: &str,
+    queues: &[&str],
+    replicas: i32,
+    lease_seconds: i32,
+    command: &[&str],
+) -> Value {
+    let mut argv = vec!["triad", "agent", "--"];
+    argv.extend_from_slice(command);
+    let queues: Vec<Value> = queues.iter().map(|q| json!({"name": q})).collect();
+    json!({
+        "apiVersion": "triad.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name},
+        "spec": {
+            "queues": queues, "replicas": replicas, "leaseSeconds": lease_seconds,
+            "lifecycle": {"type": "Persistent"},
+            "template": {"spec": {
+                "containers": [{"name": "agent", "image": agent_image(command), "command": argv,
+                                "env": [{"name": "RUST_LOG", "value": "info,kube=warn"}]}]
+            }}
+        }
+    })
+}
+
+/// Mounts a host path (`kind`: a hostPath type such as `File` or `Directory`) into the
+/// agent container of a [`pool_object`] at the same path, so work in the container can
+/// write what the harness reads on the host.
+pub fn mount_host_path(pool: &mut Value, path: &Path, kind: &str) {
+    let path = path.display().to_string();
+    let spec = &mut pool["spec"]["template"]["spec"];
+    spec["volumes"] = json!([{"name": "host", "hostPath": {"path": path, "type": kind}}]);
+    spec["containers"][0]["volumeMounts"] = json!([{"name": "host", "mountPath": path}]);
+}
+
 /// Applies an AgentPool with `replicas` agents running `command` on `queues`.
 pub async fn apply_pool(
     client: &Client,
@@ -118,25 +171,10 @@ pub async fn apply_pool(
     lease_seconds: i32,
     command: &[&str],
 ) -> anyhow::Result<()> {
-    let mut argv = vec!["triad", "agent", "--"];
-    argv.extend_from_slice(command);
-    let queues: Vec<Value> = queues.iter().map(|q| json!({"name": q})).collect();
     apply(
         client,
         ns,
-        json!({
-            "apiVersion": "triad.dev/v1alpha1", "kind": "AgentPool",
-            "metadata": {"name": name},
-            "spec": {
-                "queues": queues, "replicas": replicas, "leaseSeconds": lease_seconds,
-                "lifecycle": {"type": "Persistent"},
-                "template": {"spec": {
-                    "nodeSelector": {"triad.dev/localnode": "true"},
-                    "containers": [{"name": "agent", "image": "triad", "command": argv,
-                                    "env": [{"name": "RUST_LOG", "value": "info,kube=warn"}]}]
-                }}
-            }
-        }),
+        pool_object(name, queues, replicas, lease_seconds, command),
     )
     .await
 }
@@ -364,45 +402,50 @@ pub fn rss_parts_mb(pid: u32) -> Option<(f64, f64)> {
     ))
 }
 
-/// Pod directories of the node runner for a namespace: (pod name, pid of its process group).
-pub fn pod_pids(state_dir: &Path, ns: &str) -> Vec<(String, PathBuf, u32)> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(state_dir.join("pods")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let fname = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = fname.strip_prefix(&format!("{ns}_")) else {
-            continue;
-        };
-        let pod = rest
-            .rsplit_once('_')
-            .map(|(p, _)| p.to_owned())
-            .unwrap_or_default();
-        if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            && std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            out.push((pod, e.path(), pid));
-        }
-    }
-    out
-}
-
 /// A running process as `/proc` shows it.
 struct Process {
     pid: u32,
     /// The fields of `/proc/<pid>/stat` after the command name: index 0 is the state,
-    /// 2 the process group, 11–14 utime, stime, cutime and cstime in clock ticks.
+    /// 1 the parent, 2 the process group, 11–14 utime, stime, cutime and cstime in clock
+    /// ticks.
     stat: Vec<String>,
     args: Vec<String>,
+    /// The id of the container the process runs in, if any (see [`container_of`]).
+    container: Option<String>,
 }
 
 impl Process {
     fn stat_u64(&self, index: usize) -> Option<u64> {
         self.stat.get(index)?.parse().ok()
     }
+
+    /// A `triad agent` process: the agent itself or the guard it runs work under.
+    fn is_agent(&self) -> bool {
+        is_triad_agent(&self.args)
+    }
+}
+
+/// The file name of a command line's program.
+fn exe_name(args: &[String]) -> &str {
+    args.first()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or_default()
+}
+
+fn is_triad_agent(args: &[String]) -> bool {
+    exe_name(args) == "triad" && args.get(1).is_some_and(|a| a == "agent")
+}
+
+/// The container a process runs in, from its `/proc/<pid>/cgroup` text: with the
+/// kubelet's cgroupfs driver every hierarchy's path of a container's process ends in the
+/// container's id (64 hex digits), which is also containerd's id for it. Host processes
+/// have other paths.
+fn container_of(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let last = path.rsplit('/').next()?;
+        (last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit())).then(|| last.to_owned())
+    })
 }
 
 /// Every process on the machine (those that exit while being read are left out).
@@ -416,6 +459,7 @@ fn processes() -> Vec<Process> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let (_, after) = stat.rsplit_once(") ")?;
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
             Some(Process {
                 pid,
                 stat: after.split_whitespace().map(str::to_owned).collect(),
@@ -423,36 +467,133 @@ fn processes() -> Vec<Process> {
                     .split(|b| *b == 0)
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect(),
+                container: container_of(&cgroup),
             })
         })
         .collect()
 }
 
-/// The `triad agent` process inside a pod's process group (the group leader or a member).
-pub fn agent_pid(pgid: u32) -> Option<u32> {
-    let mut best = None;
-    for p in processes() {
-        if p.stat_u64(2) != Some(u64::from(pgid)) {
+/// The host pid of a container's `triad agent` process (not a work guard): the member
+/// of the container whose parent is outside it (the container's first process, which the
+/// runtime's shim started), or failing that the lowest agent pid in it.
+fn container_agent_pid(procs: &[Process], id: &str) -> Option<u32> {
+    let members: Vec<&Process> = procs
+        .iter()
+        .filter(|p| p.container.as_deref() == Some(id))
+        .collect();
+    let agents = || {
+        members
+            .iter()
+            .filter(|p| p.is_agent() && !p.args.iter().any(|a| a == "--work-guard"))
+    };
+    agents()
+        .find(|p| {
+            p.stat_u64(1)
+                .is_none_or(|ppid| !members.iter().any(|m| u64::from(m.pid) == ppid))
+        })
+        .or_else(|| agents().min_by_key(|p| p.pid))
+        .map(|p| p.pid)
+}
+
+/// A running agent container of a pool's pod.
+#[derive(Clone, Debug)]
+pub struct AgentContainer {
+    pub pod: String,
+    /// containerd's id of the container (the pod status's `containerd://<id>`), as
+    /// `crictl` and `ctr` take it.
+    pub id: String,
+    /// The host pid of its `triad agent` process.
+    pub pid: u32,
+}
+
+/// The running agent containers of a namespace's pool pods: the pods come from the API,
+/// the processes from `/proc` (this harness runs on the cluster's only node).
+pub async fn agent_containers(client: &Client, ns: &str) -> anyhow::Result<Vec<AgentContainer>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels("triad.dev/pool"))
+        .await?;
+    let procs = processes();
+    let mut out = Vec::new();
+    for pod in list.items {
+        if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        if p.args.iter().any(|a| a == "agent") && !p.args.iter().any(|a| a == "--work-guard") {
-            if p.pid == pgid {
-                return Some(p.pid);
-            }
-            best = Some(p.pid);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let statuses = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default();
+        let found = statuses.iter().find_map(|c| {
+            c.state.as_ref()?.running.as_ref()?;
+            let id = c.container_id.as_deref()?.strip_prefix("containerd://")?;
+            let pid = container_agent_pid(&procs, id)?;
+            Some(AgentContainer {
+                pod: name.clone(),
+                id: id.to_owned(),
+                pid,
+            })
+        });
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// The node's runtime tools, as a node's operator uses them.
+#[derive(Clone, Copy, Debug)]
+pub enum NodeTool {
+    /// `crictl` on the CRI: what the kubelet sees (a stopped container is restarted).
+    Crictl,
+    /// `ctr` in containerd's `k8s.io` namespace, below the kubelet (task pause/resume).
+    Ctr,
+}
+
+impl NodeTool {
+    fn program(self) -> &'static str {
+        match self {
+            NodeTool::Crictl => "crictl",
+            NodeTool::Ctr => "ctr",
         }
     }
-    best
+}
+
+/// Runs `crictl` or `ctr` against the containerd of the cluster in `state_dir`; its
+/// stdout, or an error with what it wrote to stderr.
+pub async fn node_tool(state_dir: &Path, tool: NodeTool, args: &[&str]) -> anyhow::Result<String> {
+    let socket = state_dir.join("containerd/containerd.sock");
+    let program = tool.program();
+    let mut cmd = tokio::process::Command::new(program);
+    match tool {
+        NodeTool::Crictl => {
+            cmd.arg("--runtime-endpoint")
+                .arg(format!("unix://{}", socket.display()));
+        }
+        NodeTool::Ctr => {
+            cmd.arg("--address").arg(&socket).args(["-n", "k8s.io"]);
+        }
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("{program} {args:?}: timed out"))?
+    .with_context(|| format!("{program} {args:?}: cannot run it"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn signal(pid: u32, sig: i32) -> bool {
     // SAFETY: kill(2) with a pid we read from /proc; no memory is touched.
     unsafe { libc::kill(pid as i32, sig) == 0 }
-}
-
-pub fn signal_group(pgid: u32, sig: i32) -> bool {
-    // SAFETY: as above, for a process group.
-    unsafe { libc::kill(-(pgid as i32), sig) == 0 }
 }
 
 pub fn free_port() -> u16 {
@@ -611,35 +752,55 @@ pub fn round(v: f64, digits: i32) -> f64 {
 }
 
 /// CPU seconds used so far by the processes on this machine, by what they are:
-/// `kube-apiserver`, `etcd`, `operator` (`triad controller`), `agents` (`triad agent`
-/// and the work it ran and reaped), `node-runner`, `harness`, `control-plane-other`
-/// (controller-manager, scheduler) and `other`. A process's reaped children count
-/// with it, so an agent's work processes count as the agent's.
+/// `kube-apiserver`, `etcd`, `operator` (`triad controller`), `agents`, `node` (kubelet,
+/// containerd, its shims, runc and the pods' pause processes), `harness`,
+/// `control-plane-other` (controller-manager, scheduler) and `other`.
+///
+/// Agents are every process of a container whose processes include a `triad agent`: the
+/// agent, its work guards and the work they run, whatever that work's program is. A
+/// process's reaped children count with it as well, so work that has finished counts
+/// with the agent that ran it.
 pub fn cpu_seconds_by_process() -> BTreeMap<&'static str, f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let procs = processes();
+    let agent_containers: std::collections::HashSet<&str> = procs
+        .iter()
+        .filter(|p| p.is_agent())
+        .filter_map(|p| p.container.as_deref())
+        .collect();
     let mut out = BTreeMap::new();
-    for p in processes() {
+    for p in &procs {
         let used: u64 = (11..15).filter_map(|i| p.stat_u64(i)).sum();
-        let args = &p.args;
-        let exe = args
-            .first()
-            .and_then(|a| a.rsplit('/').next())
-            .unwrap_or_default();
-        let has = |word: &str| args.iter().skip(1).any(|a| a == word);
-        let kind = match exe {
-            "kube-apiserver" => "kube-apiserver",
-            "etcd" => "etcd",
-            "kube-controller-manager" | "kube-scheduler" => "control-plane-other",
-            "triad-localnode" => "node-runner",
-            "triad-bench" => "harness",
-            "triad" if has("controller") => "operator",
-            "triad" if has("agent") => "agents",
-            _ => "other",
-        };
-        *out.entry(kind).or_insert(0.0) += used as f64 / ticks;
+        let in_agent_container = p
+            .container
+            .as_deref()
+            .is_some_and(|c| agent_containers.contains(c));
+        *out.entry(process_kind(&p.args, in_agent_container))
+            .or_insert(0.0) += used as f64 / ticks;
     }
     out
+}
+
+/// What a process is, for [`cpu_seconds_by_process`], from its command line and whether
+/// it runs in an agent's container.
+fn process_kind(args: &[String], in_agent_container: bool) -> &'static str {
+    if in_agent_container {
+        return "agents";
+    }
+    let has = |word: &str| args.iter().skip(1).any(|a| a == word);
+    match exe_name(args) {
+        "kube-apiserver" => "kube-apiserver",
+        "etcd" => "etcd",
+        "kube-controller-manager" | "kube-scheduler" => "control-plane-other",
+        "kubelet" | "containerd" | "containerd-shim-runc-v2" | "runc" => "node",
+        // The pod sandbox (pause) image is busybox sleeping.
+        "busybox" if args.get(1).is_some_and(|a| a == "sleep") => "node",
+        "triad-bench" => "harness",
+        "triad" if has("controller") => "operator",
+        "triad" if has("agent") => "agents",
+        _ => "other",
+    }
 }
 
 /// CPU time per item of each kind of process between two `cpu_seconds_by_process`
@@ -693,5 +854,54 @@ mod process_tests {
         assert!(busy > 0);
         let cpu = cpu_seconds_by_process();
         assert!(cpu.values().sum::<f64>() > 0.0, "{cpu:?}");
+    }
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn processes_are_classified_by_command_and_agent_container() {
+        let kind = |args: &[&str]| process_kind(&argv(args), false);
+        assert_eq!(kind(&["/opt/k8s/kubelet", "--config", "c.yaml"]), "node");
+        assert_eq!(kind(&["containerd", "--config", "c.toml"]), "node");
+        assert_eq!(
+            kind(&["/usr/bin/containerd-shim-runc-v2", "-namespace", "k8s.io"]),
+            "node"
+        );
+        assert_eq!(kind(&["runc", "--root", "/run", "state"]), "node");
+        assert_eq!(kind(&["/bin/busybox", "sleep", "2147483647"]), "node");
+        assert_eq!(
+            kind(&["/usr/local/bin/triad", "agent", "--", "true"]),
+            "agents"
+        );
+        assert_eq!(
+            kind(&["triad", "controller", "--roles", "pools"]),
+            "operator"
+        );
+        assert_eq!(kind(&["/x/kube-apiserver", "--v=1"]), "kube-apiserver");
+        assert_eq!(kind(&["/x/triad-bench", "bench"]), "harness");
+        assert_eq!(kind(&["sleep", "3600"]), "other");
+        // Work in an agent's container counts as the agent's, whatever its program.
+        assert_eq!(process_kind(&argv(&["sleep", "3600"]), true), "agents");
+        assert_eq!(
+            process_kind(&argv(&["/bin/busybox", "sleep", "1"]), true),
+            "agents"
+        );
+    }
+
+    #[test]
+    fn containers_are_found_by_their_cgroup_path() {
+        let id = "0123456789abcdef".repeat(4);
+        let in_container = format!(
+            "12:freezer:/triad-bench/kubepods/besteffort/pod1234-56/{id}\n\
+             11:cpu,cpuacct:/triad-bench/kubepods/besteffort/pod1234-56/{id}\n"
+        );
+        assert_eq!(container_of(&in_container), Some(id));
+        assert_eq!(container_of("12:freezer:/\n11:memory:/user.slice\n"), None);
+        assert_eq!(
+            container_of("12:freezer:/triad-bench/kubepods/besteffort/pod1234-56\n"),
+            None
+        );
     }
 }
