@@ -193,7 +193,9 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
         let target = (done + PROGRESS_BETWEEN_FAULTS).min(ITEMS);
         done = wait_for(
             Duration::from_secs(60),
-            &format!("items succeeding again after the fault {fault} (faults so far: {injected:?})"),
+            &format!(
+                "items succeeding again after the fault {fault} (faults so far: {injected:?})"
+            ),
             || async {
                 let now = succeeded(&items.list(&ListParams::default()).await.ok()?.items);
                 (now >= target).then_some(now)
