@@ -44,9 +44,21 @@ check "flaky-login stalled, the progress monitor restarted it, and a later attem
   '[[ "$(task flaky-login "{.items[0].status.interventions[*].monitor}")" == *progress* && "$(task flaky-login "{.items[0].status.attempt}")" -ge 2 ]]'
 check "export-csv ran over its token budget, was escalated and re-routed to the bug queue" \
   '[[ "$(task export-csv "{.items[0].status.interventions[*].action}")" == *Escalate* && "$(task export-csv "{.items[0].status.queue}")" == bug ]]'
-agent="$(kubectl get pods -l triad.dev/pool=engineers -o name 2>/dev/null | head -1)"
-check "kubectl logs shows an agent's log (${agent:-no agent pod left})" \
-  '[[ -z "$agent" ]] || [[ -n "$(kubectl logs "$agent" --tail=5 2>/dev/null)" ]]'
+# A running agent of the Mortal pool (a replacement may still be starting): its log,
+# served by the kubelet, within 30 s.
+agent_log() {
+  local deadline=$((SECONDS + 30)) pod
+  while ((SECONDS < deadline)); do
+    for pod in $(kubectl get pods -l triad.dev/pool=engineers --field-selector status.phase=Running -o name 2>/dev/null); do
+      [[ -n "$(kubectl logs "$pod" --tail=5 2>/dev/null)" ]] && { agent="$pod"; return 0; }
+    done
+    sleep 1
+  done
+  return 1
+}
+agent=""
+check "kubectl logs shows a running agent's log" 'agent_log'
+[[ -n "$agent" ]] && echo "        ($agent: $(kubectl logs "$agent" --tail=1 2>/dev/null | cut -c1-100))"
 if [[ "${KEEP:-0}" == 1 ]]; then
   echo; echo "Everything keeps running (the operator is the Helm release 'triad' in triad-system). Use it with:"; echo "$export_line"
 else
