@@ -789,7 +789,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     let queue_series = format!("triad_queue_items{{namespace=\"{}\",queue=\"q\"", ns.name);
     let pool_series = format!("triad_pool_agents{{namespace=\"{}\",pool=\"p\"", ns.name);
     let controller = wait_for(
-        WAIT,
+        Duration::from_secs(90),
         "the controller's metrics for the queue and pool",
         || {
             let (addr, q, p) = (
