@@ -11,6 +11,7 @@ pub mod error;
 pub mod k8s;
 pub mod metrics;
 pub mod pool;
+pub mod runner;
 pub mod scheduler;
 pub mod serve;
 pub mod supervisor;

@@ -40,6 +40,8 @@ use crate::k8s::lease::{AGENT_LEASE_SELECTOR, AGENT_QUEUES_ANNOTATION};
 pub struct QueueInfo {
     pub max_in_flight: Option<i32>,
     pub aging_seconds: i64,
+    /// `spec.supervision.cancelGraceSeconds`: SIGTERM to SIGKILL when stopping work.
+    pub cancel_grace_seconds: i64,
 }
 
 impl QueueInfo {
@@ -47,6 +49,7 @@ impl QueueInfo {
         QueueInfo {
             max_in_flight: q.spec.max_in_flight,
             aging_seconds: q.spec.aging_seconds,
+            cancel_grace_seconds: q.spec.supervision.cancel_grace_seconds,
         }
     }
 }
@@ -56,6 +59,7 @@ impl QueueInfo {
 const DEFAULT_QUEUE: QueueInfo = QueueInfo {
     max_in_flight: None,
     aging_seconds: 1,
+    cancel_grace_seconds: 10,
 };
 
 /// Longest condition message kept in the held item's view; only types, reasons and
@@ -362,6 +366,14 @@ pub enum Choice {
 }
 
 impl Cache {
+    /// The cancel grace of `queue` (its default while the WorkQueue is not seen).
+    pub fn cancel_grace(&self, queue: Option<&str>) -> Duration {
+        let info = queue
+            .and_then(|q| self.queues.get(q).copied())
+            .unwrap_or(DEFAULT_QUEUE);
+        Duration::from_secs(info.cancel_grace_seconds.max(0) as u64)
+    }
+
     pub fn new(me: &str, queues: &[QueueWeight]) -> Self {
         Cache {
             me: me.into(),

@@ -29,7 +29,6 @@ pub struct AgentConfig {
     /// Mortal agents exit after this many items.
     pub max_items: Option<u32>,
     pub empty_queue_policy: EmptyQueuePolicy,
-    pub cancel_grace: Duration,
     pub drain: Duration,
     pub metrics_addr: SocketAddr,
     /// How many of the best candidates a claim chooses among.
@@ -43,8 +42,11 @@ pub struct AgentConfig {
     /// Run the work under the guard process (`triad agent --work-guard`), so it never
     /// outlives the agent. Off only where this binary is not `triad` (unit tests).
     pub guard_work: bool,
-    /// The work command and its arguments.
+    /// The work command and its arguments (when the work runs in this process).
     pub command: Vec<String>,
+    /// The work container's runner socket: in agent pods the work runs there, and this
+    /// process never starts it.
+    pub runner_socket: Option<std::path::PathBuf>,
 }
 
 /// Parses `TRIAD_QUEUES`: `name[:weight]` separated by commas, e.g. `feature:3,bug:1`.

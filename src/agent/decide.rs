@@ -137,6 +137,20 @@ pub fn lease_lost(asked: Option<Ending>, lease: Duration) -> Ending {
     })
 }
 
+/// Reason of an attempt whose work container went away while it ran.
+pub const WORK_CONTAINER_EXITED: &str = "WorkContainerExited";
+
+/// How an attempt ends when the work container exits or restarts under it (an
+/// out-of-memory kill of the work is the usual cause): `Failed`, retryable, counted
+/// towards `maxAttempts`, since the work itself most likely brought it about.
+pub fn work_container_gone() -> Ending {
+    Ending::new(
+        OutcomeKind::Failed,
+        WORK_CONTAINER_EXITED,
+        "the work container exited or restarted while the item ran (OOMKilled is the usual cause: see the pod's work container status); the item is retried",
+    )
+}
+
 /// Why the agent stops trying to write an attempt's ending before it was accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GiveUp {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod decide;
 pub mod heartbeat;
 pub mod metrics;
+pub mod remote;
 pub mod report;
 pub mod work;
 pub mod writer;
@@ -42,8 +43,9 @@ use self::candidates::{Choice, SharedCache, lock};
 use self::config::AgentConfig;
 use self::heartbeat::LeaseHealth;
 use self::metrics::{AgentMetrics, outcome};
+use self::remote::{RemoteWork, RunnerLink, StartError};
 use self::report::ReportState;
-use self::work::{Launch, ReportDir, ReportTail, Work, usage_with_measured};
+use self::work::{Finished, Launch, ReportDir, ReportTail, Work, usage_with_measured};
 use self::writer::{
     Attempt, Ending, ItemWriter, ending_ops, progress_ops, progress_value, violation_op,
 };
@@ -58,9 +60,6 @@ const TICK: Duration = Duration::from_millis(200);
 const MEASURED_REFRESH: Duration = Duration::from_secs(15);
 /// Upper bound on one API write, so a hung connection cannot stall the run loop.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// When draining, the work gets at most this long between SIGTERM and SIGKILL so the
-/// Released outcome is written within the pod's grace period.
-const DRAIN_KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until it is told to stop (`shutdown` resolves: drain and exit), or
 /// its lifecycle or empty-queue policy ends it.
@@ -68,8 +67,10 @@ pub async fn run(
     mut cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config::resolve_self(&mut cfg.command);
-    config::check_command(&cfg.command).map_err(anyhow::Error::msg)?;
+    if cfg.runner_socket.is_none() {
+        config::resolve_self(&mut cfg.command);
+        config::check_command(&cfg.command).map_err(anyhow::Error::msg)?;
+    }
     let client = crate::k8s::client::client()
         .await
         .context("connecting to the API server")?;
@@ -127,7 +128,12 @@ pub async fn run(
         changed.clone(),
     );
 
+    let runner = cfg
+        .runner_socket
+        .clone()
+        .map(|socket| RunnerSlot { socket, link: None });
     let agent = Agent {
+        runner,
         identity: AgentIdentity {
             agent: cfg.name.clone(),
             pod: Some(cfg.name.clone()),
@@ -170,6 +176,81 @@ struct Agent {
     serve: crate::serve::State,
     /// Lease lapses counted when the held item was claimed.
     claim_lapses: u64,
+    /// The work container's runner, when the work runs there (agent pods); `None`
+    /// runs the work as this process's child (`triad agent -- <command>`).
+    runner: Option<RunnerSlot>,
+}
+
+struct RunnerSlot {
+    socket: std::path::PathBuf,
+    link: Option<RunnerLink>,
+}
+
+/// The held item's work: a child of this process, or a process in the work container.
+enum Running {
+    Local(Work),
+    Remote(RemoteWork),
+}
+
+/// Why waiting for the work gave no exit status.
+enum WorkLost {
+    Local(std::io::Error),
+    /// The runner's connection ended: the work container exited or restarted.
+    ContainerGone,
+}
+
+// === impl Running ===
+
+impl Running {
+    async fn wait(&mut self) -> Result<Finished, WorkLost> {
+        match self {
+            Running::Local(w) => w.wait().await.map_err(WorkLost::Local),
+            Running::Remote(w) => w.wait().await.map_err(|_| WorkLost::ContainerGone),
+        }
+    }
+
+    fn terminate(&self) {
+        match self {
+            Running::Local(w) => w.terminate(),
+            Running::Remote(w) => w.terminate(),
+        }
+    }
+
+    fn kill(&self) {
+        match self {
+            Running::Local(w) => w.kill(),
+            Running::Remote(w) => w.kill(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        match self {
+            Running::Local(w) => w.elapsed(),
+            Running::Remote(w) => w.elapsed(),
+        }
+    }
+
+    fn cpu_seconds_so_far(&self) -> f64 {
+        match self {
+            Running::Local(w) => w.cpu_seconds_so_far(),
+            Running::Remote(w) => w.cpu_seconds_so_far(),
+        }
+    }
+
+    fn last_stderr_line(&self) -> String {
+        match self {
+            Running::Local(w) => w.last_stderr_line(),
+            Running::Remote(w) => w.last_stderr_line(),
+        }
+    }
+
+    fn report_path<'a>(&'a self, dir: Option<&'a ReportDir>) -> &'a std::path::Path {
+        match (self, dir) {
+            (Running::Remote(w), _) => &w.report,
+            (Running::Local(_), Some(d)) => &d.path,
+            (Running::Local(_), None) => std::path::Path::new("/nonexistent"),
+        }
+    }
 }
 
 /// Why the agent stopped the held item's work before it ended by itself.
@@ -248,6 +329,9 @@ impl Agent {
                 && self.cfg.max_items.is_some_and(|m| done >= m)
             {
                 return Ok("mortal agent finished its items");
+            }
+            if !self.ensure_runner().await {
+                continue;
             }
             if !self.lease.fresh() {
                 // Nothing may be claimed on a lease we cannot vouch for; the
@@ -455,52 +539,17 @@ impl Agent {
             }
         };
 
-        let dir = match ReportDir::create(&key, writer.attempt.attempt) {
-            Ok(d) => d,
-            Err(e) => {
-                return self
-                    .cannot_start(
-                        &writer,
-                        anyhow::Error::new(e).context("creating the report file"),
-                    )
-                    .await;
-            }
+        let grace = lock(&self.cache).cancel_grace(view.effective_queue());
+        let (mut work, dir) = match self.start_work(&key, &writer, payload, grace).await {
+            Ok(started) => started,
+            Err(handled) => return handled,
         };
-        let env = vec![
-            ("TRIAD_ITEM".to_owned(), key.clone()),
-            (
-                "TRIAD_ATTEMPT".to_owned(),
-                writer.attempt.attempt.to_string(),
-            ),
-            ("TRIAD_PAYLOAD".to_owned(), payload.clone()),
-            (
-                "TRIAD_REPORT".to_owned(),
-                dir.path.to_string_lossy().into_owned(),
-            ),
-        ];
-        let mut stdin = payload.into_bytes();
-        stdin.push(b'\n');
-        let mut work = match Work::spawn(Launch {
-            command: &self.cfg.command,
-            env,
-            stdin,
-            guarded: self.cfg.guard_work,
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                return self
-                    .cannot_start(
-                        &writer,
-                        anyhow::Error::new(e).context("starting the work command"),
-                    )
-                    .await;
-            }
-        };
-        let mut tail = match ReportTail::open(&dir.path).await {
+        let mut tail = match ReportTail::open(work.report_path(dir.as_ref())).await {
             Ok(t) => t,
             Err(e) => {
                 work.kill();
                 let _ = work.wait().await;
+                self.give_back_link(work);
                 return self
                     .cannot_start(
                         &writer,
@@ -568,10 +617,8 @@ impl Agent {
                     && !matches!(stop, Some(Stop::Fenced | Stop::LeaseLost(_)));
                 if stop.is_none() || escalate {
                     tracing::info!(item = %name, reason = ?next, "stopping the work");
-                    let grace = match next {
-                        Stop::Drain => self.cfg.cancel_grace.min(DRAIN_KILL_GRACE),
-                        _ => self.cfg.cancel_grace,
-                    };
+                    // The pod's termination grace covers the drain and this grace
+                    // (pool::template::termination_grace).
                     work.terminate();
                     kill_at = Some(
                         kill_at.map_or(Instant::now() + grace, |k| k.min(Instant::now() + grace)),
@@ -604,7 +651,7 @@ impl Agent {
                         Err(()) => {
                             tracing::info!(item = %name, "fenced out; stopping the work");
                             work.terminate();
-                            kill_at = Some(Instant::now() + self.cfg.cancel_grace);
+                            kill_at = Some(Instant::now() + grace);
                             stop = Some(Stop::Fenced);
                         }
                     }
@@ -612,9 +659,21 @@ impl Agent {
             }
         };
 
+        // The work container went away mid-item: its exit is unknown, and whatever
+        // it was doing is over.
+        let mut container_gone = false;
         let finished = match finished {
             Ok(f) => f,
-            Err(e) => {
+            Err(WorkLost::ContainerGone) => {
+                tracing::warn!(item = %name, "the work container went away while the item ran");
+                container_gone = true;
+                Finished {
+                    exit: work::Exit::Signal(libc::SIGKILL),
+                    cpu_seconds: work.cpu_seconds_so_far(),
+                    wall_seconds: work.elapsed().as_secs_f64(),
+                }
+            }
+            Err(WorkLost::Local(e)) => {
                 // Should not happen (the wait thread always reports); treat the item as
                 // lost rather than guess its outcome.
                 tracing::error!(item = %name, error = %e, "lost track of the work command");
@@ -631,6 +690,8 @@ impl Agent {
             .report_lines_rejected
             .inc_by(reports.take_rejected());
         drop(dir);
+        let last_stderr = work.last_stderr_line();
+        self.give_back_link(work);
 
         let (ending, result) = match stop {
             Some(Stop::Fenced) => {
@@ -653,7 +714,8 @@ impl Agent {
             }
             Some(Stop::Cancel(ending)) => (ending, None),
             Some(Stop::Drain) => (self.drained(), None),
-            None => decide::ending(finished.exit, &reports, &work.last_stderr_line()),
+            None if container_gone => (decide::work_container_gone(), None),
+            None => decide::ending(finished.exit, &reports, &last_stderr),
         };
         tracing::info!(item = %name, outcome = ?ending.kind, reason = ?ending.reason, exit = ?finished.exit,
             wall = finished.wall_seconds, cpu = finished.cpu_seconds, "work finished");
@@ -661,6 +723,119 @@ impl Agent {
         self.finish(&writer, &ending, result, &reports, Some(&view), measured)
             .await;
         Handled::Done
+    }
+
+    /// Starts the item's work: through the runner, or as a child of this process.
+    async fn start_work(
+        &mut self,
+        key: &str,
+        writer: &ItemWriter,
+        payload: String,
+        grace: Duration,
+    ) -> Result<(Running, Option<ReportDir>), Handled> {
+        let attempt = writer.attempt.attempt;
+        if let Some(slot) = self.runner.as_mut() {
+            let Some(link) = slot.link.take() else {
+                let ending = decide::work_container_gone();
+                self.finish_unstarted(writer, &ending).await;
+                return Err(Handled::Done);
+            };
+            let start = crate::runner::protocol::StartItem {
+                item: key.to_owned(),
+                attempt,
+                payload,
+                cancel_grace_seconds: grace.as_secs(),
+            };
+            return match link.start(start).await {
+                Ok(work) => Ok((Running::Remote(work), None)),
+                Err(StartError::Refused(link, error)) => {
+                    slot.link = Some(link);
+                    Err(self
+                        .cannot_start(
+                            writer,
+                            anyhow::anyhow!("starting the work command: {error}"),
+                        )
+                        .await)
+                }
+                Err(StartError::Lost) => {
+                    let ending = decide::work_container_gone();
+                    self.finish_unstarted(writer, &ending).await;
+                    Err(Handled::Done)
+                }
+            };
+        }
+        let dir = match ReportDir::create(key, attempt) {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(self
+                    .cannot_start(
+                        writer,
+                        anyhow::Error::new(e).context("creating the report file"),
+                    )
+                    .await);
+            }
+        };
+        let env = vec![
+            ("TRIAD_ITEM".to_owned(), key.to_owned()),
+            ("TRIAD_ATTEMPT".to_owned(), attempt.to_string()),
+            ("TRIAD_PAYLOAD".to_owned(), payload.clone()),
+            (
+                "TRIAD_REPORT".to_owned(),
+                dir.path.to_string_lossy().into_owned(),
+            ),
+        ];
+        let mut stdin = payload.into_bytes();
+        stdin.push(b'\n');
+        match Work::spawn(Launch {
+            command: &self.cfg.command,
+            env,
+            stdin,
+            guarded: self.cfg.guard_work,
+        }) {
+            Ok(w) => Ok((Running::Local(w), Some(dir))),
+            Err(e) => Err(self
+                .cannot_start(
+                    writer,
+                    anyhow::Error::new(e).context("starting the work command"),
+                )
+                .await),
+        }
+    }
+
+    /// After an item: the runner link goes back for the next one (unless it broke).
+    fn give_back_link(&mut self, work: Running) {
+        if let (Running::Remote(w), Some(slot)) = (work, self.runner.as_mut()) {
+            let link = w.finish();
+            slot.link = link.is_open().then_some(link);
+        }
+    }
+
+    /// Waits until the work container's runner answers (agent pods only). Not ready
+    /// meanwhile: an agent that cannot run work must not look available.
+    async fn ensure_runner(&mut self) -> bool {
+        let Some(slot) = self.runner.as_mut() else {
+            return true;
+        };
+        if slot.link.as_ref().is_some_and(RunnerLink::is_open) {
+            return true;
+        }
+        slot.link = None;
+        self.serve.set_ready(false);
+        let mut drain = self.drain.clone();
+        let stop = async move {
+            while !*drain.borrow() {
+                if drain.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let link = RunnerLink::connect_until(&slot.socket, stop).await;
+        let connected = link.is_some();
+        slot.link = link;
+        if connected {
+            self.serve.set_ready(true);
+        }
+        connected
     }
 
     /// How an attempt ends that the agent stopped because it is draining.
@@ -703,7 +878,7 @@ impl Agent {
         writer: &ItemWriter,
         reports: &mut ReportState,
         view: &WorkItem,
-        work: &Work,
+        work: &Running,
     ) -> Result<Option<WorkItem>, ()> {
         let now = crate::k8s::now();
         let usage = usage_with_measured(

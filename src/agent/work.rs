@@ -22,12 +22,7 @@ use super::writer::Ending;
 use crate::api::{FreeForm, MAX_PAYLOAD_BYTES, OutcomeKind, PAYLOAD_TOO_DEEP};
 use crate::core::report::MAX_LINE;
 
-/// How the command ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
+pub use crate::runner::protocol::Exit;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Finished {
@@ -301,7 +296,7 @@ pub fn run_guard(command: &[String]) -> ! {
     std::process::exit(128 + sig)
 }
 
-fn signal_group(pgid: i32, signal: i32) {
+pub fn signal_group(pgid: i32, signal: i32) {
     if pgid > 1 {
         // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
         unsafe {
@@ -356,7 +351,7 @@ fn wait4(pid: i32) -> std::io::Result<(Exit, f64)> {
 }
 
 /// utime + stime + cutime + cstime of every live process in the group, from /proc.
-fn group_cpu_seconds(pgid: i32) -> f64 {
+pub fn group_cpu_seconds(pgid: i32) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
@@ -401,6 +396,12 @@ pub struct ReportDir {
 
 impl ReportDir {
     pub fn create(item: &str, attempt: i32) -> std::io::Result<ReportDir> {
+        Self::create_in(&std::env::temp_dir(), item, attempt)
+    }
+
+    /// The same under `base` (the runner's: the pod's shared volume, where the agent
+    /// container reads it).
+    pub fn create_in(base: &Path, item: &str, attempt: i32) -> std::io::Result<ReportDir> {
         let unique: u64 = rand::random();
         let safe: String = item
             .chars()
@@ -412,7 +413,7 @@ impl ReportDir {
                 }
             })
             .collect();
-        let dir = std::env::temp_dir().join(format!("triad-{safe}-{attempt}-{unique:016x}"));
+        let dir = base.join(format!("triad-{safe}-{attempt}-{unique:016x}"));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("report.jsonl");
         std::fs::File::create(&path)?;

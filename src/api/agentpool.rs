@@ -79,11 +79,47 @@ pub struct AgentPoolSpec {
     pub lifecycle: Lifecycle,
     #[serde(default)]
     pub empty_queue_policy: EmptyQueuePolicy,
-    /// Pod template; its first container runs `triad agent -- <work command…>`.
-    /// Kept schemaless here so the CRD stays small; the pool controller reports a bad
-    /// template as a condition (one nested more than 64 levels deep too).
+    /// How the work container runs items: `PerItem` (one process per item, the
+    /// default) or `Stream` (one long-lived process, items as JSON lines on stdin).
+    #[serde(default)]
+    pub work_mode: WorkMode,
+    /// What the template may ask of the node. `Restricted` (the default) is Kubernetes'
+    /// restricted Pod Security profile: no privileged containers, host namespaces,
+    /// hostPath volumes or added capabilities, and those defaults filled in.
+    /// `Privileged` turns the checks off, for work that must touch the node.
+    #[serde(default)]
+    pub pod_security: PodSecurity,
+    /// Pod template of the work: its first container is the work container, whose
+    /// `command` (and `args`) Triad runs once per item, through the runner it installs.
+    /// Triad adds the agent container, the only one that holds the pod's service-account
+    /// token. Kept schemaless here so the CRD stays small; the pool controller reports
+    /// a bad template as a condition (one nested more than 64 levels deep too).
     #[schemars(schema_with = "free_form_object")]
     pub template: FreeForm,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum WorkMode {
+    /// One process per item: the payload on stdin and in `TRIAD_PAYLOAD`, reports to
+    /// the file `$TRIAD_REPORT`.
+    #[default]
+    PerItem,
+    /// One process for many items: each item a JSON line on stdin, report lines on
+    /// stdout, the item ended by a `{"done": {}}` line.
+    Stream,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum PodSecurity {
+    /// Kubernetes' restricted Pod Security profile, enforced on the template.
+    #[default]
+    Restricted,
+    /// No checks: the template may ask for host access.
+    Privileged,
 }
 
 fn replicas(g: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -37,9 +37,6 @@ pub struct AgentArgs {
     /// Wait, Exit or ScaleDown.
     #[arg(long, env = "TRIAD_EMPTY_QUEUE_POLICY", default_value = "Wait")]
     pub empty_queue_policy: String,
-    /// Seconds between SIGTERM and SIGKILL when the work is cancelled.
-    #[arg(long, env = "TRIAD_CANCEL_GRACE_SECONDS", default_value_t = 10)]
-    pub cancel_grace_seconds: u64,
     /// On SIGTERM, seconds the running item may take to finish before it is released.
     #[arg(long, env = "TRIAD_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,
@@ -62,8 +59,12 @@ pub struct AgentArgs {
     /// Internal: run as the guard of one work command (the agent starts it).
     #[arg(long, hide = true)]
     pub work_guard: bool,
-    /// The work command and its arguments, run once per item.
-    #[arg(last = true, required = true)]
+    /// The work container's runner socket (agent pods): the work runs there. Without
+    /// it, the work command after `--` runs as this process's child.
+    #[arg(long, env = "TRIAD_RUNNER_SOCKET")]
+    pub runner_socket: Option<std::path::PathBuf>,
+    /// The work command and its arguments, run once per item (without a runner).
+    #[arg(last = true)]
     pub command: Vec<String>,
 }
 
@@ -86,6 +87,10 @@ impl AgentArgs {
         anyhow::ensure!(
             self.lease_seconds >= 3,
             "TRIAD_LEASE_SECONDS must be at least 3"
+        );
+        anyhow::ensure!(
+            self.runner_socket.is_some() || !self.command.is_empty(),
+            "no work command: run `triad agent -- <command> [args…]`, or set TRIAD_RUNNER_SOCKET to run work in a work container"
         );
         let lifecycle = config::parse_lifecycle(&self.lifecycle).map_err(err)?;
         if lifecycle == crate::api::LifecycleType::Mortal {
@@ -110,7 +115,6 @@ impl AgentArgs {
             pool: self.pool,
             lease_duration: Duration::from_secs(self.lease_seconds),
             max_items: self.max_items,
-            cancel_grace: Duration::from_secs(self.cancel_grace_seconds),
             drain: Duration::from_secs(self.drain_seconds),
             top_k: self.claim_top_k.clamp(1, 64),
             precheck_above: if self.claim_precheck_above.is_finite() {
@@ -122,6 +126,7 @@ impl AgentArgs {
             progress_interval: Duration::from_millis(self.progress_interval_ms.max(100)),
             guard_work: true,
             command: self.command,
+            runner_socket: self.runner_socket.filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod controller;
 mod plugin;
+mod runner;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ pub enum Command {
     Controller(controller::ControllerArgs),
     /// Run inside an agent pod: claim items from the pool's queues and run the work command.
     Agent(agent::AgentArgs),
+    /// Run inside an agent pod's work container: start the work command for each item
+    /// the agent container hands over.
+    Runner(runner::RunnerArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Queues, pools and agents at a glance.
@@ -47,6 +51,7 @@ impl Cli {
         match self.command {
             Command::Controller(args) => controller::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Runner(args) => runner::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Status(args) => plugin::status(args).await,
             Command::Tree(args) => plugin::tree(args).await,

@@ -103,6 +103,7 @@ fn queue_depth(queue: &WorkQueue) -> Option<Depth> {
     Some(Depth {
         queued: s.queued,
         running: s.running,
+        cancel_grace_seconds: queue.spec.supervision.cancel_grace_seconds,
     })
 }
 
@@ -117,6 +118,8 @@ pub struct Context {
     pub busy: SlimCache<Claimant>,
     pub queues: SlimCache<Depth>,
     pub pools: Store<AgentPool>,
+    /// Triad's image, for the agent and runner-installer containers.
+    pub agent_image: String,
     memory: Mutex<HashMap<String, reconcile::PoolMemory>>,
 }
 
@@ -230,6 +233,7 @@ pub async fn run(role: RoleContext) -> crate::Result<()> {
         busy,
         queues,
         pools: store,
+        agent_image: template::default_agent_image(),
         memory: Mutex::default(),
     });
     let controller = controller

@@ -90,8 +90,15 @@ pub(super) async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> crate:
     });
 
     // Validate and build.
+    let settings = template::Settings {
+        agent_image: ctx.agent_image.clone(),
+        // Queues not yet created count with the default grace.
+        cancel_grace_seconds: depth
+            .cancel_grace_seconds
+            .max(crate::api::Supervision::default().cancel_grace_seconds),
+    };
     let mut blueprint: Result<Blueprint, TemplateError> =
-        template::validate(&pool).map(|t| template::build(&pool, t));
+        template::validate(&pool).map(|t| template::build(&pool, t, &settings));
 
     // Decide.
     let target = scaling::target(&pool.spec, depth);

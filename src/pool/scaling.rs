@@ -14,6 +14,9 @@ use crate::api::{AgentPoolSpec, EmptyQueuePolicy};
 pub struct Depth {
     pub queued: i64,
     pub running: i64,
+    /// The longest `cancelGraceSeconds` of these queues (not a depth, but read from the
+    /// same objects: the agent pods' termination grace must cover it).
+    pub cancel_grace_seconds: i64,
 }
 
 impl Depth {
@@ -25,6 +28,7 @@ impl Depth {
         Depth {
             queued: self.queued.saturating_add(other.queued.max(0)),
             running: self.running.saturating_add(other.running.max(0)),
+            cancel_grace_seconds: self.cancel_grace_seconds.max(other.cancel_grace_seconds),
         }
     }
 }
@@ -336,7 +340,11 @@ mod tests {
     }
 
     fn depth(queued: i64, running: i64) -> Depth {
-        Depth { queued, running }
+        Depth {
+            queued,
+            running,
+            ..Depth::default()
+        }
     }
 
     #[test]
