@@ -318,6 +318,8 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = crate::k8s::client::client().await?;
     let ns = args.scope.ns(&client);
@@ -343,19 +345,27 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     eprintln!("# {} attempt {attempt} ran on agent pod {pod}", args.item);
     let key = format!("{ns}/{}", args.item);
-    let agent_container = match pods.get(&pod).await {
+    // The work container's log (the pod's default container): the runner brackets each
+    // attempt there. Pods without one ran the work in their first container.
+    let work_container = match pods.get(&pod).await {
         Ok(p) => p
-            .spec
-            .and_then(|s| s.containers.into_iter().next())
-            .map(|c| c.name),
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DEFAULT_CONTAINER).cloned())
+            .or_else(|| {
+                p.spec
+                    .and_then(|s| s.containers.into_iter().next())
+                    .map(|c| c.name)
+            }),
         Err(e) => anyhow::bail!("agent pod {pod}: {e} (a deleted pod's log goes with it)"),
     };
-    // The agent (first) container's log, and the one before it if it restarted since.
+    // That container's log, and the one before it if it restarted since.
     let mut logs = String::new();
     let mut last_error = None;
     for previous in [true, false] {
         let params = LogParams {
-            container: agent_container.clone(),
+            container: work_container.clone(),
             previous,
             ..Default::default()
         };

@@ -144,7 +144,7 @@ async fn kubectl_scale_sets_the_pool_replicas() {
         "metadata": {"name": "drones"},
         "spec": {
             "queues": [{"name": "drone"}],
-            "template": {"spec": {"containers": [{"name": "agent", "image": "triad", "command": ["triad", "agent", "--", "true"]}]}}
+            "template": {"spec": {"containers": [{"name": "agent", "image": "triad", "command": ["true"]}]}}
         }
     }))
     .expect("pool");

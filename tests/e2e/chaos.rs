@@ -16,7 +16,8 @@ use serde_json::json;
 use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue};
 
 use crate::support::{
-    Role, TestNamespace, agent_pod_spec, container_id, node_tool, scratch_dir, start_role, wait_for,
+    AGENT_CONTAINER, PRIVILEGED, Role, TestNamespace, agent_pod_spec, container_id, node_tool,
+    scratch_dir, start_role, wait_for,
 };
 
 const ITEMS: usize = 200;
@@ -33,7 +34,7 @@ async fn agent_containers(pods: &Api<Pod>) -> Vec<(String, String)> {
         .unwrap_or_default()
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| Some((p.name_any(), container_id(p, "agent")?)))
+        .filter_map(|p| Some((p.name_any(), container_id(p, AGENT_CONTAINER)?)))
         .collect()
 }
 
@@ -82,7 +83,7 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
     );
     let pool: AgentPool = serde_json::from_value(json!({"metadata": {"name": "chaos"}, "spec": {
         "queues": [{"name": "q"}], "replicas": AGENTS,
-        "leaseSeconds": LEASE_SECONDS, "lifecycle": {"type": "Persistent"},
+        "leaseSeconds": LEASE_SECONDS, "lifecycle": {"type": "Persistent"}, "podSecurity": PRIVILEGED,
         "template": {"spec": agent_pod_spec(&script, json!([{"name": "RUST_LOG", "value": "info,kube=warn"}]))}}}))
     .expect("pool");
     ns.api::<AgentPool>()

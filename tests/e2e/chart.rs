@@ -159,7 +159,7 @@ async fn agent_identity(ns: &TestNamespace, pool: &str, pod: &str) -> Client {
         "spec": {
             "serviceAccountName": account,
             "nodeSelector": {"triad.dev/test-node": "none"},
-            "containers": [{"name": "agent", "image": "triad:dev", "command": ["triad", "agent", "--", "true"]}]
+            "containers": [{"name": "agent", "image": "triad:dev", "command": ["true"]}]
         }
     }))
     .unwrap();
@@ -687,7 +687,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         "metadata": {"name": "p"},
         "spec": {"queues": [{"name": "q"}], "replicas": 0,
                  "template": {"spec": {"containers": [{"name": "agent", "image": "triad:dev",
-                                                       "command": ["triad", "agent", "--", "true"]}]}}}
+                                                       "command": ["true"]}]}}}
     }))
     .unwrap();
     ns.api::<triad::api::AgentPool>()

@@ -14,8 +14,8 @@ use serde_json::json;
 use triad::api::{AgentPool, Phase, WorkItem, WorkQueue, labels};
 
 use crate::support::{
-    Role, TestNamespace, agent_pod_spec, container_id, container_processes, create,
-    kubeconfig_path, scratch_dir, start_role, wait_for,
+    AGENT_CONTAINER, PRIVILEGED, Role, TestNamespace, agent_pod_spec, container_id,
+    container_processes, create, kubeconfig_path, scratch_dir, start_role, wait_for,
 };
 
 /// `triad controller` as a child process scoped to the test namespace; killed on drop.
@@ -53,6 +53,7 @@ fn pool(name: &str, queue: &str, extra: serde_json::Value, script: &str) -> serd
     let mut spec = json!({
         "queues": [{"name": queue}],
         "leaseSeconds": 3,
+        "podSecurity": PRIVILEGED,
         "template": {"spec": agent_pod_spec(script, json!([]))}
     });
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
@@ -293,12 +294,16 @@ async fn a_deleted_idle_agent_is_replaced_and_leaves_no_process_behind() {
     })
     .await;
     let uid = running.metadata.uid.clone().expect("uid");
-    let container = container_id(&running, "agent").expect("the agent container runs");
-    let processes = container_processes(&container);
-    assert!(
-        !processes.is_empty(),
-        "the agent runs as container {container} with processes on the host"
-    );
+    let mut processes = Vec::new();
+    for name in [AGENT_CONTAINER, "work"] {
+        let container = container_id(&running, name).expect("the container runs");
+        let found = container_processes(&container);
+        assert!(
+            !found.is_empty(),
+            "{name} runs as container {container} with processes on the host"
+        );
+        processes.extend(found);
+    }
     ns.api::<Pod>()
         .delete(&running.name_any(), &DeleteParams::default())
         .await

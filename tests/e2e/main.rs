@@ -16,3 +16,4 @@ mod pool;
 mod scheduler;
 mod supervisor;
 mod support;
+mod work_container;

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use triad::api::{AgentPool, Phase, WorkItem, WorkQueue};
 
 use crate::support::{
-    TestNamespace, agent_pod_spec, container_id, container_processes, create, kubeconfig_path,
-    kubectl, repo_root, wait_for,
+    PRIVILEGED, TestNamespace, agent_pod_spec, container_id, container_processes, create,
+    kubeconfig_path, kubectl, repo_root, wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -161,7 +161,7 @@ async fn the_chart_runs_the_operator_from_its_image_and_agents_run_on_the_kubele
     create::<AgentPool>(
         &ns,
         json!({"metadata": {"name": "workers"}, "spec": {
-            "queues": [{"name": "q"}], "replicas": 1, "leaseSeconds": 5,
+            "queues": [{"name": "q"}], "replicas": 1, "leaseSeconds": 5, "podSecurity": PRIVILEGED,
             "template": {"spec": agent_pod_spec(script, json!([]))}}}),
     )
     .await;
@@ -227,7 +227,8 @@ async fn a_pool_whose_image_is_missing_says_so_and_loses_no_item() {
     create::<AgentPool>(
         &ns,
         json!({"metadata": {"name": "broken"}, "spec": {
-            "queues": [{"name": "q"}], "replicas": 1, "template": {"spec": spec}}}),
+            "queues": [{"name": "q"}], "replicas": 1, "podSecurity": PRIVILEGED,
+            "template": {"spec": spec}}}),
     )
     .await;
     create::<WorkItem>(

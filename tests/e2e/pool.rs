@@ -64,7 +64,7 @@ fn template() -> Value {
             "containers": [{
                 "name": "agent",
                 "image": "triad:dev",
-                "command": ["triad", "agent", "--", "true"],
+                "command": ["true"],
                 "env": [{"name": "WORK_MODE", "value": "test"}]
             }]
         }
@@ -146,8 +146,8 @@ fn condition<'a>(pool: &'a AgentPool, type_: &str) -> Option<&'a Condition> {
     find_condition(&pool.status.as_ref()?.conditions, type_)
 }
 
-fn env(pod: &Pod) -> Vec<(String, String)> {
-    let container = &pod.spec.as_ref().expect("spec").containers[0];
+fn env(pod: &Pod, index: usize) -> Vec<(String, String)> {
+    let container = &pod.spec.as_ref().expect("spec").containers[index];
     container
         .env
         .iter()
@@ -198,7 +198,7 @@ async fn replicas_make_agent_pods_with_the_runtime_env_and_kubectl_scale_drives_
         );
         assert_eq!(pod.labels()["triad.dev/pool"], "workers");
         assert_eq!(pod.labels()["app"], "agents", "template labels kept");
-        let env = env(pod);
+        let agent_env = env(pod, 0);
         for (k, v) in [
             ("POD_NAME", "fieldRef:metadata.name"),
             ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
@@ -210,14 +210,25 @@ async fn replicas_make_agent_pods_with_the_runtime_env_and_kubectl_scale_drives_
             ("TRIAD_LIFECYCLE", "Persistent"),
             ("TRIAD_EMPTY_QUEUE_POLICY", "Wait"),
             ("TRIAD_METRICS_ADDR", "$(POD_IP):9090"),
-            ("WORK_MODE", "test"),
+            ("TRIAD_RUNNER_SOCKET", "/triad/run/runner.sock"),
         ] {
             assert!(
-                env.contains(&(k.to_string(), v.to_string())),
-                "{name}: {k}={v} missing in {env:?}"
+                agent_env.contains(&(k.to_string(), v.to_string())),
+                "{name}: {k}={v} missing in {agent_env:?}"
             );
         }
+        // The template's container is the work container: its own env only, started
+        // through the runner.
+        assert_eq!(
+            env(pod, 1),
+            vec![("WORK_MODE".to_owned(), "test".to_owned())]
+        );
         let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.containers[0].name, "triad-agent");
+        assert_eq!(
+            spec.containers[1].command.as_deref().expect("command"),
+            ["/triad/bin/triad", "runner", "--", "true"]
+        );
         let port = &spec.containers[0].ports.as_ref().expect("ports")[0];
         assert_eq!(
             (port.name.as_deref(), port.container_port),
@@ -487,21 +498,49 @@ async fn a_bad_template_is_reported_not_crashed_on() {
     })
     .await;
 
-    // A template that parses but that the API server refuses: reported the same way.
+    // Host access under the default restricted profile: refused, naming the field and
+    // the opt-out.
     let pools: Api<AgentPool> = ns.api();
     pools
         .patch(
             "broken",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
-                {"name": "Not_A_DNS_Label", "image": "triad:dev"}
-            ]}}}})),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {
+                "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+                "containers": [{"name": "work", "image": "triad:dev", "command": ["true"]}]}}}})),
+        )
+        .await
+        .expect("patch template");
+    let pool = wait_pool(&ns, "broken", "TemplateValid=False for hostPath", |p| {
+        condition(p, "TemplateValid").is_some_and(|c| {
+            c.status == "False" && c.message.contains("spec.template.spec.volumes[0].hostPath")
+        })
+    })
+    .await;
+    let c = condition(&pool, "TemplateValid").expect("TemplateValid");
+    assert!(
+        c.message.contains("spec.podSecurity: Privileged"),
+        "{}",
+        c.message
+    );
+    assert!(live_pods(&ns, "broken").await.is_empty());
+
+    // A template that parses but that the API server refuses: reported the same way.
+    pools
+        .patch(
+            "broken",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"template": {"spec": {"volumes": null, "containers": [
+                    {"name": "Not_A_DNS_Label", "image": "triad:dev", "command": ["true"]}
+                ]}}}}),
+            ),
         )
         .await
         .expect("patch template");
     let pool = wait_pool(&ns, "broken", "TemplateValid=False from the API", |p| {
         condition(p, "TemplateValid")
-            .is_some_and(|c| c.status == "False" && c.message.contains("containers[0].name"))
+            .is_some_and(|c| c.status == "False" && c.message.contains("Not_A_DNS_Label"))
     })
     .await;
     assert!(live_pods(&ns, "broken").await.is_empty(), "{pool:?}");
@@ -672,7 +711,7 @@ async fn a_mortal_agent_that_finished_is_replaced() {
     let first = pods[0].name_any();
     let spec = pods[0].spec.as_ref().expect("spec");
     assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
-    let env = env(&pods[0]);
+    let env = env(&pods[0], 0);
     assert!(env.contains(&("TRIAD_MAX_ITEMS".into(), "3".into())));
     assert!(env.contains(&("TRIAD_LIFECYCLE".into(), "Mortal".into())));
 

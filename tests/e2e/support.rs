@@ -251,16 +251,28 @@ pub fn scratch_dir(prefix: &str) -> PathBuf {
     dir
 }
 
-/// An AgentPool's pod template: one agent container of [`AGENT_IMAGE`] that runs
-/// `sh -c <script>` for each item, with the scratch directories mounted from the host so
-/// the test can read what the work wrote.
+/// An AgentPool's pod template: one work container of [`AGENT_IMAGE`] that runs
+/// `sh -c <script>` for each item (with `POD_NAME` in its env), with the scratch
+/// directories mounted from the host so the test can read what the work wrote. The
+/// hostPath needs the pool's `podSecurity: Privileged` ([`PRIVILEGED`]).
+/// The pool setting that lets [`agent_pod_spec`]'s hostPath mount through.
+pub const PRIVILEGED: &str = "Privileged";
+
+/// The name of the container Triad adds to every agent pod.
+pub const AGENT_CONTAINER: &str = "triad-agent";
+
 pub fn agent_pod_spec(script: &str, env: serde_json::Value) -> serde_json::Value {
     let root = scratch_root().display().to_string();
+    let mut env = env.as_array().cloned().unwrap_or_default();
+    env.insert(
+        0,
+        serde_json::json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    );
     serde_json::json!({
         "terminationGracePeriodSeconds": 5,
         "containers": [{
-            "name": "agent", "image": AGENT_IMAGE,
-            "command": ["triad", "agent", "--", "sh", "-c", script],
+            "name": "work", "image": AGENT_IMAGE,
+            "command": ["sh", "-c", script],
             "env": env,
             "volumeMounts": [{"name": "scratch", "mountPath": root}]
         }],
