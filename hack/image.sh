@@ -10,8 +10,12 @@
 #   ghcr.io/triad-dev/triad:<chart appVersion>   the Dockerfile's image: /usr/local/bin/triad
 #       as entrypoint, `controller` as command, user 65532, ports 8080 and 9090. The chart
 #       installs it unchanged.
-#   localhost/triad-busybox:dev                  the same plus busybox under /bin: the image a
-#       user builds FROM Triad's when the work needs a shell. The tests' pools use it.
+#   ghcr.io/triad-dev/triad-simulate:<appVersion>  a user's work image, as the samples and the
+#       demo use it: `triad simulate` (a simulated AI agent) and nothing else. Triad's
+#       runner is not in it: the agent pod's init container brings it.
+#   localhost/triad-busybox:dev                  a work image with a shell: busybox under /bin
+#       and the triad binary (for `triad simulate` and `triad status`). The tests' pools
+#       use it.
 #   registry.k8s.io/pause:3.10                   the pod sandbox: busybox sleeping, since
 #       nothing can be pulled here.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,6 +25,7 @@ TARGET=x86_64-unknown-linux-musl
 TRIAD_REPO=ghcr.io/triad-dev/triad
 TRIAD_TAG="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO_ROOT/charts/triad/Chart.yaml")"
 BUSYBOX_REPO=localhost/triad-busybox
+SIMULATE_REPO=ghcr.io/triad-dev/triad-simulate
 PAUSE_REPO=registry.k8s.io/pause
 PAUSE_TAG=3.10
 
@@ -109,8 +114,15 @@ build_triad() {
   commit_image --config.user 65532:65532 --config.entrypoint /usr/local/bin/triad \
     --config.cmd agent --config.env PATH=/usr/local/bin:/usr/bin:/bin
   tar -C "$IMAGES/triad-busybox" -cf "$IMAGES/triad-busybox.tar" .
+
+  new_image "$IMAGES/triad-simulate" "$TRIAD_TAG"
+  base_files "$BUNDLE/rootfs"
+  install -D -m 0755 "$bin" "$BUNDLE/rootfs/usr/local/bin/triad"
+  commit_image --config.user 65532:65532 --config.cmd triad --config.cmd simulate \
+    --config.env PATH=/usr/local/bin:/usr/bin:/bin
+  tar -C "$IMAGES/triad-simulate" -cf "$IMAGES/triad-simulate.tar" .
   echo "$profile" >"$IMAGES/triad.profile"
-  log "images built from $bin: $TRIAD_REPO:$TRIAD_TAG, $BUSYBOX_REPO:dev"
+  log "images built from $bin: $TRIAD_REPO:$TRIAD_TAG, $SIMULATE_REPO:$TRIAD_TAG, $BUSYBOX_REPO:dev"
 }
 
 # load <cluster>: import into the cluster's containerd (namespace k8s.io, where the
@@ -123,6 +135,7 @@ load() {
   import "$sock" pause "$PAUSE_REPO"
   [[ -f "$IMAGES/triad.tar" ]] && import "$sock" triad "$TRIAD_REPO"
   [[ -f "$IMAGES/triad-busybox.tar" ]] && import "$sock" triad-busybox "$BUSYBOX_REPO"
+  [[ -f "$IMAGES/triad-simulate.tar" ]] && import "$sock" triad-simulate "$SIMULATE_REPO"
   return 0
 }
 

@@ -14,6 +14,10 @@ pub struct SimulateArgs {
     /// The payload as JSON (default: $TRIAD_PAYLOAD, else stdin).
     #[arg(long)]
     pub payload: Option<String>,
+    /// Stream mode (a pool's `workMode: Stream`): read items as JSON lines on stdin,
+    /// report on stdout, end each with a `{"done": …}` line.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 /// What the payload may ask for; unknown keys are ignored so real payloads work too.
@@ -131,16 +135,27 @@ pub fn parse_plan(payload: &str) -> anyhow::Result<Plan> {
 }
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.stream {
+        return stream().await;
+    }
     let plan = parse_plan(&read_payload(&args)?)?;
     let attempt: i32 = std::env::var("TRIAD_ATTEMPT")
         .ok()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
     let mut report = Reporter::open()?;
+    let code = play(&plan, attempt, &mut report).await?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
 
+/// Plays one item's plan on `report`; returns the exit code it asks for.
+async fn play(plan: &Plan, attempt: i32, report: &mut Reporter) -> anyhow::Result<i32> {
     if plan.fail_on_attempts.contains(&attempt) {
         eprintln!("simulate: failing attempt {attempt} as planned");
-        std::process::exit(1);
+        return Ok(1);
     }
     if plan.stall_on_attempt == Some(attempt) {
         report.send(&json!({"progress": {"percent": 0, "message": "started; about to stall"}}))?;
@@ -149,7 +164,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     for step in 1..=plan.steps {
         tokio::time::sleep(Duration::from_millis(plan.step_millis)).await;
-        for line in step_lines(&plan, step) {
+        for line in step_lines(plan, step) {
             report.send(&line)?;
         }
         if step == 1
@@ -163,7 +178,48 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     if plan.exit_code != 0 {
         eprintln!("simulate: exiting with code {} as planned", plan.exit_code);
-        std::process::exit(plan.exit_code);
+    }
+    Ok(plan.exit_code)
+}
+
+/// One item as stream mode hands it over.
+#[derive(Deserialize)]
+struct StreamItem {
+    #[serde(default)]
+    attempt: Option<i32>,
+    #[serde(default)]
+    payload: Value,
+}
+
+/// Stream mode: one process, many items, each ended by a `done` line with its exit code.
+async fn stream() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut report = Reporter {
+        out: Box::new(std::io::stdout()),
+    };
+    while let Some(line) = lines.next_line().await? {
+        let code = match serde_json::from_str::<StreamItem>(&line) {
+            Ok(item) => {
+                let payload = if item.payload.is_null() {
+                    String::new()
+                } else {
+                    item.payload.to_string()
+                };
+                match parse_plan(&payload) {
+                    Ok(plan) => play(&plan, item.attempt.unwrap_or(1), &mut report).await?,
+                    Err(e) => {
+                        eprintln!("simulate: {e}");
+                        2
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("simulate: not a stream item: {e}");
+                2
+            }
+        };
+        report.send(&json!({"done": {"exitCode": code}}))?;
     }
     Ok(())
 }

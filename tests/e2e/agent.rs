@@ -579,13 +579,22 @@ async fn cancel_requested_stops_the_work_within_the_grace_period() {
     let dir = scratch(&ns);
     let mark = marker();
     // The shell ignores SIGTERM and so does its child: only the SIGKILL after the
-    // grace period stops it, which shows the grace period is honoured.
+    // queue's grace period stops it, which shows the grace period is honoured.
     let script = r#"trap '' TERM; sleep 600 "0.$MARK"; true"#;
+    ns.api::<triad::api::WorkQueue>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "q"},
+                "spec": {"supervision": {"cancelGraceSeconds": 2}}}))
+            .expect("queue"),
+        )
+        .await
+        .expect("create queue");
     let mut agent = Agent::start(
         &ns,
         &dir,
         "canceller",
-        &[("MARK", &mark), ("TRIAD_CANCEL_GRACE_SECONDS", "2")],
+        &[("MARK", &mark)],
         &["sh", "-c", script],
     );
     agent.wait_ready().await;
