@@ -295,6 +295,18 @@ impl Agent {
     }
 
     async fn run(mut self) -> anyhow::Result<&'static str> {
+        let result = self.run_loop().await;
+        // The agent is done for good (drained, mortal, queues empty): so is the work
+        // container, so that the pod can end and be replaced.
+        if result.is_ok()
+            && let Some(link) = self.runner.take().and_then(|s| s.link)
+        {
+            link.shutdown().await;
+        }
+        result
+    }
+
+    async fn run_loop(&mut self) -> anyhow::Result<&'static str> {
         // Claim nothing before every watch has listed: a half-filled cache would
         // ignore maxInFlight and priorities.
         loop {

@@ -113,6 +113,16 @@ impl RunnerLink {
         !self.to_runner.is_closed() && !self.tasks[0].is_finished()
     }
 
+    /// Tells the runner to exit (the agent is exiting for good), and waits until the
+    /// message is written.
+    pub async fn shutdown(mut self) {
+        let _ = self.to_runner.send(ToRunner::Shutdown {});
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.to_runner, tx));
+        let writing = &mut self.tasks[1];
+        let _ = tokio::time::timeout(Duration::from_secs(2), writing).await;
+    }
+
     /// Starts an item and waits for the runner's answer.
     pub async fn start(mut self, item: StartItem) -> Result<RemoteWork, StartError> {
         if self.to_runner.send(ToRunner::Start(item)).is_err() {

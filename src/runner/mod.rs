@@ -199,6 +199,11 @@ impl Session<'_> {
                         }
                     }
                     Some(Ok(ToRunner::Done {})) => finished = None,
+                    Some(Ok(ToRunner::Shutdown {})) => {
+                        tracing::info!("the agent is exiting for good; so is the runner");
+                        terminating = true;
+                        connected = false;
+                    }
                     Some(Err(e)) => {
                         if e.kind() != std::io::ErrorKind::UnexpectedEof {
                             tracing::warn!(error = %e, "the agent sent something unreadable; closing");
@@ -680,6 +685,18 @@ mod tests {
         let done = w.wait().await.unwrap();
         assert_eq!(done.exit, Exit::Code(3));
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn the_runner_exits_when_the_agent_exits_for_good() {
+        let (socket, task) = serve("true", Mode::PerItem);
+        let mut w = start(link(&socket).await, item(1, "{}")).await;
+        assert_eq!(w.wait().await.unwrap().exit, Exit::Code(0));
+        w.finish().shutdown().await;
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the runner exited")
+            .expect("cleanly");
     }
 
     #[tokio::test]

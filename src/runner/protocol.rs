@@ -10,6 +10,7 @@
 //! agent → runner  {"signal": "Term"} / {"signal": "Kill"}    (cancel, drain, fence-out)
 //! runner → agent  {"exited": {"exit": {"code": 0}, "cpuSeconds": …, "wallSeconds": …, "lastStderr": "…"}}
 //! agent → runner  {"done": {}}                                (report read: remove it)
+//! agent → runner  {"shutdown": {}}                            (the agent exits for good)
 //! ```
 //!
 //! The runner serves one agent at a time and one item at a time. Report lines do not
@@ -81,6 +82,9 @@ pub enum ToRunner {
     Start(StartItem),
     Signal(StopSignal),
     Done {},
+    /// The agent exits for good (mortal, queues empty, drained): the runner exits 0
+    /// too, so the pod can end.
+    Shutdown {},
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

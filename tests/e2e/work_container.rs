@@ -454,3 +454,37 @@ async fn a_stream_pool_runs_many_items_in_one_process() {
     assert_eq!(pids.len(), 1, "one process ran every item: {pids:?}");
     assert_eq!(seen.len(), 6, "it saw each item once: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mortal_agent_ends_its_pod_and_a_fresh_one_takes_the_next_item() {
+    let ns = TestNamespace::new("mortal-split").await;
+    let _roles = [Role::Scheduler, Role::Pools, Role::Supervisor].map(|r| start_role(&ns, r));
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    create::<AgentPool>(
+        &ns,
+        json!({"metadata": {"name": "once"}, "spec": {
+            "queues": [{"name": "q"}], "replicas": 1, "lifecycle": {"type": "Mortal", "maxItems": 1},
+            "template": {"spec": {"containers": [
+                {"name": "work", "image": AGENT_IMAGE, "command": ["true"]}]}}}}),
+    )
+    .await;
+    for name in ["first", "second"] {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": name}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
+    let items: Api<WorkItem> = ns.api();
+    let done = wait_for(WAIT, "both items Succeeded", || async {
+        let list = items.list(&Default::default()).await.ok()?.items;
+        (list.len() == 2 && list.iter().all(|i| i.phase() == Some(Phase::Succeeded)))
+            .then_some(list)
+    })
+    .await;
+    let agents: std::collections::BTreeSet<String> = done
+        .iter()
+        .filter_map(|i| Some(i.status.as_ref()?.claim.as_ref()?.agent.clone()))
+        .collect();
+    assert_eq!(agents.len(), 2, "one item per agent pod: {agents:?}");
+}
