@@ -88,6 +88,35 @@ const HINT: &str = "a PodTemplateSpec whose first container's `command` is the w
 const RESERVED_CONTAINERS: [&str; 2] = [AGENT_CONTAINER, INSTALL_CONTAINER];
 const RESERVED_VOLUMES: [&str; 3] = [BIN_VOLUME, RUN_VOLUME, TOKEN_VOLUME];
 
+/// The restricted profile's user and seccomp rules, for a pod's or a container's
+/// security context at `at`: the field that breaks one, and how.
+fn runs_as_root_or_unconfined(
+    at: &str,
+    run_as_non_root: Option<bool>,
+    run_as_user: Option<i64>,
+    seccomp: Option<&SeccompProfile>,
+) -> Option<(String, &'static str)> {
+    if run_as_non_root == Some(false) {
+        return Some((
+            format!("{at}.runAsNonRoot"),
+            "running as root is not allowed",
+        ));
+    }
+    if run_as_user == Some(0) {
+        return Some((
+            format!("{at}.runAsUser"),
+            "running as root (user 0) is not allowed",
+        ));
+    }
+    if seccomp.is_some_and(|p| p.type_ == "Unconfined") {
+        return Some((
+            format!("{at}.seccompProfile.type"),
+            "an unconfined seccomp profile is not allowed",
+        ));
+    }
+    None
+}
+
 /// What the pod build relies on, and the restricted Pod Security profile unless the
 /// pool opts out (`podSecurity: Privileged`). Errors name the field and the fix.
 pub fn check_work(pool: &AgentPool, template: &PodTemplateSpec) -> Result<(), TemplateError> {
@@ -186,29 +215,15 @@ pub fn check_work(pool: &AgentPool, template: &PodTemplateSpec) -> Result<(), Te
             }
         }
     }
-    if let Some(psc) = &spec.security_context {
-        if psc.run_as_non_root == Some(false) {
-            return Err(refuse(
-                format!("{SPEC}.securityContext.runAsNonRoot"),
-                "running as root is not allowed",
-            ));
-        }
-        if psc.run_as_user == Some(0) {
-            return Err(refuse(
-                format!("{SPEC}.securityContext.runAsUser"),
-                "running as root (user 0) is not allowed",
-            ));
-        }
-        if psc
-            .seccomp_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-        {
-            return Err(refuse(
-                format!("{SPEC}.securityContext.seccompProfile.type"),
-                "an unconfined seccomp profile is not allowed",
-            ));
-        }
+    if let Some(psc) = &spec.security_context
+        && let Some((field, what)) = runs_as_root_or_unconfined(
+            &format!("{SPEC}.securityContext"),
+            psc.run_as_non_root,
+            psc.run_as_user,
+            psc.seccomp_profile.as_ref(),
+        )
+    {
+        return Err(refuse(field, what));
     }
     if spec.automount_service_account_token == Some(true) {
         return Err(refuse(
@@ -249,27 +264,13 @@ pub fn check_work(pool: &AgentPool, template: &PodTemplateSpec) -> Result<(), Te
                 "added capabilities (other than NET_BIND_SERVICE) are not allowed",
             ));
         }
-        if sc.run_as_non_root == Some(false) {
-            return Err(refuse(
-                format!("{at}.runAsNonRoot"),
-                "running as root is not allowed",
-            ));
-        }
-        if sc.run_as_user == Some(0) {
-            return Err(refuse(
-                format!("{at}.runAsUser"),
-                "running as root (user 0) is not allowed",
-            ));
-        }
-        if sc
-            .seccomp_profile
-            .as_ref()
-            .is_some_and(|p| p.type_ == "Unconfined")
-        {
-            return Err(refuse(
-                format!("{at}.seccompProfile.type"),
-                "an unconfined seccomp profile is not allowed",
-            ));
+        if let Some((field, what)) = runs_as_root_or_unconfined(
+            &at,
+            sc.run_as_non_root,
+            sc.run_as_user,
+            sc.seccomp_profile.as_ref(),
+        ) {
+            return Err(refuse(field, what));
         }
         if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {
             return Err(refuse(

@@ -262,7 +262,7 @@ impl Session<'_> {
         let report = ReportDir::create_in(self.reports, &start.item, start.attempt)
             .context("creating the report file")?;
         let grace = Duration::from_secs(start.cancel_grace_seconds);
-        match self.cfg.mode {
+        let (pid, run) = match self.cfg.mode {
             Mode::PerItem => {
                 let env = vec![
                     ("TRIAD_ITEM".to_owned(), start.item.clone()),
@@ -282,18 +282,7 @@ impl Session<'_> {
                     guarded: self.cfg.guard_work,
                 })
                 .context("starting the work command")?;
-                let pid = work.pid;
-                Ok((
-                    Current {
-                        item: start.item.clone(),
-                        attempt: start.attempt,
-                        started: Instant::now(),
-                        grace,
-                        run: Run::PerItem(work),
-                        report,
-                    },
-                    pid,
-                ))
+                (work.pid, Run::PerItem(work))
             }
             Mode::Stream => {
                 if self.stream.as_mut().is_none_or(|p| !p.alive()) {
@@ -311,19 +300,18 @@ impl Session<'_> {
                     .await?;
                 let cpu_at_start = work::group_cpu_seconds(proc_.pid);
                 proc_.feed(start, file).await?;
-                Ok((
-                    Current {
-                        item: start.item.clone(),
-                        attempt: start.attempt,
-                        started: Instant::now(),
-                        grace,
-                        run: Run::Stream { cpu_at_start },
-                        report,
-                    },
-                    proc_.pid,
-                ))
+                (proc_.pid, Run::Stream { cpu_at_start })
             }
-        }
+        };
+        let current = Current {
+            item: start.item.clone(),
+            attempt: start.attempt,
+            started: Instant::now(),
+            grace,
+            run,
+            report,
+        };
+        Ok((current, pid))
     }
 
     fn signal(&self, current: &Current, signal: StopSignal) {
