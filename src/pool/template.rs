@@ -142,6 +142,20 @@ pub fn check_work(pool: &AgentPool, template: &PodTemplateSpec) -> Result<(), Te
             ));
         }
     }
+    let own = agent_account(&pool.name_any());
+    for (field, account) in [
+        ("serviceAccountName", &spec.service_account_name),
+        ("serviceAccount", &spec.service_account),
+    ] {
+        if let Some(account) = account.as_deref().filter(|a| !a.is_empty() && *a != own) {
+            return Err(err(
+                format!("{SPEC}.{field}"),
+                format!(
+                    "{account:?}: agents run as the pool's own account {own:?}, which Triad creates and binds to the agents' role; remove the field"
+                ),
+            ));
+        }
+    }
     let all = spec
         .containers
         .iter()
@@ -1097,17 +1111,19 @@ mod tests {
     }
 
     #[test]
-    fn build_keeps_the_templates_service_account() {
+    fn agents_run_as_the_pools_own_account_only() {
+        let e = refused(json!({"serviceAccountName": "admin"}));
+        assert_eq!(e.field, "spec.template.spec.serviceAccountName");
+        assert!(e.message.contains("\"triad-agent-workers\""), "{e}");
+        let e = refused(json!({"serviceAccount": "admin"}));
+        assert_eq!(e.field, "spec.template.spec.serviceAccount");
         let p = pool(json!({
             "queues": [{"name": "q"}],
-            "template": {"spec": {"serviceAccountName": "mine", "containers": [
+            "template": {"spec": {"serviceAccountName": "triad-agent-workers", "containers": [
                 {"name": "a", "image": "i", "command": ["true"]}
             ]}}
         }));
-        let bp = built(&p);
-        let spec = bp.template.spec.as_ref().unwrap();
-        assert_eq!(spec.service_account_name.as_deref(), Some("mine"));
-        assert_eq!(bp.service_account, "mine");
+        assert_eq!(built(&p).service_account, "triad-agent-workers");
     }
 
     #[test]

@@ -373,6 +373,280 @@ async fn agent_policy_lets_an_agent_claim_and_change_only_its_own_items() {
         .expect("non-agent identities are not restricted");
 }
 
+/// Installs the chart's agent policies bound to `ns` only, and waits until the API
+/// server enforces them (probed with a dry run of `probe`, which they must refuse).
+async fn install_agent_policy(ns: &TestNamespace) -> ClusterScoped {
+    let selector = format!(
+        r#"agentPolicy.namespaceSelector={{"matchLabels":{{"kubernetes.io/metadata.name":"{}"}}}}"#,
+        ns.name
+    );
+    let rendered = render(
+        &ns.name,
+        &[
+            "--show-only",
+            "templates/agent-policy.yaml",
+            "--set-json",
+            &selector,
+        ],
+    );
+    let cleanup = ClusterScoped {
+        release: ns.name.clone(),
+        kinds: "validatingadmissionpolicy,validatingadmissionpolicybinding",
+    };
+    apply(&rendered);
+    cleanup
+}
+
+/// The message of the policy's refusal of `result`; panics on anything else.
+fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> String {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => s.message,
+        other => panic!("expected the admission policy's 403, got {other:?}"),
+    }
+}
+
+/// Each attack an agent's own token could make on item status and Leases, replayed
+/// against the real API server with a pod-bound agent token: every one is refused with
+/// the rule's message, while the legitimate writes of the same agent pass.
+#[tokio::test]
+async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let ns = TestNamespace::new("vap-attacks").await;
+    let _cleanup = install_agent_policy(&ns).await;
+    let me = "agent-z-0";
+    let agent = agent_identity(&ns, "z", me).await;
+    let as_agent: Api<WorkItem> = Api::namespaced(agent.clone(), &ns.name);
+    let items = ns.api::<WorkItem>();
+    let merge = |v: Value| Patch::Merge(v);
+    let pp = PatchParams::default();
+
+    // 1. Claim and complete in one write, with a forged result. Wait for enforcement.
+    create_item(&ns, "forge").await;
+    let forged = json!({"status": {"phase": "Succeeded", "attempt": 1,
+        "claim": {"agent": me, "epoch": 1}, "result": {"merged": true}}});
+    let message = wait_for(WAIT, "the admission policy to enforce", || {
+        let as_agent = as_agent.clone();
+        let forged = forged.clone();
+        async move {
+            match as_agent
+                .patch_status(
+                    "forge",
+                    &PatchParams::default().dry_run(),
+                    &Patch::Merge(&forged),
+                )
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.code == 403 => Some(s.message),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(message.contains("rule claim"), "{message}");
+    let mut refused_count = 1;
+
+    // 2. A claim that skips attempts, or carries an outcome.
+    for body in [
+        json!({"status": {"phase": "Running", "attempt": 5, "claim": {"agent": me, "epoch": 1}}}),
+        json!({"status": {"phase": "Running", "attempt": 1, "claim": {"agent": me, "epoch": 1},
+            "outcome": {"kind": "Succeeded", "attempt": 1, "epoch": 1}}}),
+    ] {
+        let m = refused(as_agent.patch_status("forge", &pp, &merge(body)).await);
+        assert!(m.contains("rule claim:"), "{m}");
+        refused_count += 1;
+    }
+
+    // 3. Claiming an item that waits for its dependencies before the scheduler queued it.
+    let waiting: WorkItem = serde_json::from_value(json!({"metadata": {"name": "waits"},
+        "spec": {"queue": "q", "dependsOn": ["forge"]}}))
+    .unwrap();
+    items
+        .create(&PostParams::default(), &waiting)
+        .await
+        .expect("create");
+    let m = refused(
+        as_agent
+            .patch_status(
+                "waits",
+                &pp,
+                &merge(json!({"status": {"phase": "Running", "attempt": 1,
+                    "claim": {"agent": me, "epoch": 1}}})),
+            )
+            .await,
+    );
+    assert!(m.contains("rule claim-dependencies"), "{m}");
+    refused_count += 1;
+
+    // The legitimate claim passes.
+    let held = claim(
+        &as_agent,
+        &items.get("forge").await.expect("item"),
+        &AgentIdentity {
+            agent: me.into(),
+            pod: Some(me.into()),
+            lease: None,
+        },
+    )
+    .await
+    .expect("the real claim passes");
+    let fence = Fence::of(&held).expect("claimed");
+
+    // 4. The holder rewriting its attempt number, budget extension or interventions.
+    for (ops, rule) in [
+        (vec![set("attempt", json!(0))], "rule attempt"),
+        (
+            vec![set("budgetExtension", json!({"tokens": 1e9}))],
+            "rule theirs",
+        ),
+        (
+            vec![set(
+                "interventions",
+                json!([{"action": "Extend", "monitor": "budget", "reason": "Forged", "at": "2030-01-01T00:00:00Z"}]),
+            )],
+            "rule theirs",
+        ),
+    ] {
+        let r = fenced_patch(&as_agent, "forge", &fence, ops).await;
+        let m = match r {
+            Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(m.contains(rule), "{rule}: {m}");
+        refused_count += 1;
+    }
+    // Progress under the claim passes.
+    fenced_patch(
+        &as_agent,
+        "forge",
+        &fence,
+        vec![set("progress", json!({"percent": 50}))],
+    )
+    .await
+    .expect("the holder reports progress");
+
+    // 5. Fenced out (the supervisor's fence-out: a new epoch and an outcome, the claim
+    // still naming the agent): the former holder cannot complete it under the new epoch.
+    items
+        .patch_status(
+            "forge",
+            &pp,
+            &merge(
+                json!({"status": {"claim": {"agent": me, "epoch": fence.epoch + 1},
+                "outcome": {"kind": "LeaseExpired", "attempt": 1, "epoch": fence.epoch + 1}}}),
+            ),
+        )
+        .await
+        .expect("the supervisor (admin) fences the agent out");
+    let r = fenced_patch(
+        &as_agent,
+        "forge",
+        &Fence {
+            agent: me.into(),
+            epoch: fence.epoch + 1,
+        },
+        vec![set("phase", json!(Phase::Succeeded))],
+    )
+    .await;
+    let m = match r {
+        Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(
+        m.contains("rule holder") && m.contains("LeaseExpired"),
+        "{m}"
+    );
+    refused_count += 1;
+
+    // 6. A dead-lettered item whose claim still names the agent: no rewriting its result.
+    items
+        .patch_status(
+            "forge",
+            &pp,
+            &merge(json!({"status": {"phase": "DeadLettered", "outcome": null}})),
+        )
+        .await
+        .expect("the scheduler (admin) dead-letters it");
+    let m = refused(
+        as_agent
+            .patch_status(
+                "forge",
+                &pp,
+                &merge(json!({"status": {"result": {"forged": 1}}})),
+            )
+            .await,
+    );
+    assert!(m.contains("rule holder"), "{m}");
+    refused_count += 1;
+
+    // 7. Leases: another agent's, a foreign holder, a changed duration.
+    let leases: Api<Lease> = Api::namespaced(agent, &ns.name);
+    let lease = |name: &str, holder: &str, secs: i32| -> Lease {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": secs}}))
+        .unwrap()
+    };
+    for (l, rule) in [
+        (
+            lease("triad-agent-agent-y-0", "agent-y-0", 15),
+            "rule own-lease",
+        ),
+        (
+            lease(&format!("triad-agent-{me}"), "agent-y-0", 15),
+            "rule own-lease",
+        ),
+    ] {
+        let m = refused(leases.create(&PostParams::default(), &l).await);
+        assert!(m.contains(rule), "{m}");
+        refused_count += 1;
+    }
+    leases
+        .create(
+            &PostParams::default(),
+            &lease(&format!("triad-agent-{me}"), me, 15),
+        )
+        .await
+        .expect("its own Lease");
+    leases
+        .patch(
+            &format!("triad-agent-{me}"),
+            &pp,
+            &merge(json!({"spec": {"renewTime": "2030-01-01T00:00:00.000000Z"}})),
+        )
+        .await
+        .expect("renewing its own Lease");
+    let m = refused(
+        leases
+            .patch(
+                &format!("triad-agent-{me}"),
+                &pp,
+                &merge(json!({"spec": {"leaseDurationSeconds": 1}})),
+            )
+            .await,
+    );
+    assert!(m.contains("rule lease-duration"), "{m}");
+    refused_count += 1;
+    // The admin's (a peer's) Lease cannot be renewed in its name either.
+    ns.api::<Lease>()
+        .create(
+            &PostParams::default(),
+            &lease("triad-agent-agent-y-0", "agent-y-0", 15),
+        )
+        .await
+        .expect("a peer's Lease");
+    let m = refused(
+        leases
+            .patch(
+                "triad-agent-agent-y-0",
+                &pp,
+                &merge(json!({"spec": {"renewTime": "2030-01-01T00:00:00.000000Z"}})),
+            )
+            .await,
+    );
+    assert!(m.contains("rule own-lease"), "{m}");
+    refused_count += 1;
+    assert_eq!(refused_count, 13, "attacks tried and refused");
+}
+
 /// What `kubectl auth can-i` says for a service account.
 fn can_i(ns: &str, account: &str, verb: &str, resource: &str, in_ns: &str) -> bool {
     let who = format!("system:serviceaccount:{ns}:{account}");
