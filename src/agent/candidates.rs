@@ -981,7 +981,7 @@ mod tests {
                 epoch: 3,
                 ..Default::default()
             }),
-            result: Some(serde_json::json!({"r": 1})),
+            result: Some(serde_json::json!({"r": 1}).into()),
             ..Default::default()
         });
         let s = slim(wi);

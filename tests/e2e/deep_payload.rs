@@ -293,3 +293,58 @@ async fn a_deep_pool_template_is_reported_not_crashed_on() {
         "spec.template: is nested 142 levels deep; the limit is 64: flatten it (no pod template needs that much)"
     );
 }
+
+/// `status.result` is the one schemaless field an agent's token writes. A result nested
+/// past serde_json's limit (a hostile or broken agent can write one; the report parser
+/// refuses them from honest work) must not blind the scheduler, agents or supervisor.
+#[tokio::test]
+async fn a_deep_result_blinds_no_role() {
+    let ns = TestNamespace::new("deep-result").await;
+    let api: Api<WorkItem> = ns.api();
+    let dir = scratch_dir("deep-result");
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "poisoned"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    // Its holder completes it with a result 200 levels deep.
+    let who = AgentIdentity {
+        agent: "rogue".into(),
+        pod: None,
+        lease: None,
+    };
+    let item = api.get("poisoned").await.expect("item");
+    let claimed = claim(&api, &item, &who).await.expect("claim");
+    let fence = Fence::of(&claimed).expect("claimed");
+    fenced_patch(
+        &api,
+        "poisoned",
+        &fence,
+        complete_ops(&claimed, Some(nested(200)), json!({}), json!([])),
+    )
+    .await
+    .expect("the API server takes a deep result");
+    // Every role starts with the poisoned item in its first list.
+    let _roles = [Role::Scheduler, Role::Supervisor].map(|r| start_role(&ns, r));
+    let mut agent = Agent::start(&ns, &dir, "after", &[], &["true"]);
+    agent.wait_ready().await;
+    for i in 0..3 {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": format!("ok-{i}")}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        wait_item(&api, &format!("ok-{i}"), "Succeeded", |wi| {
+            wi.phase() == Some(Phase::Succeeded)
+        })
+        .await;
+    }
+    let poisoned = api.get("poisoned").await.expect("a typed read decodes it");
+    let result = poisoned.status.and_then(|s| s.result).expect("its result");
+    assert_eq!(result.too_deep().map(|d| d.depth), Some(200));
+    assert!(matches!(result, FreeForm::TooDeep(_)));
+    let _ = std::fs::remove_dir_all(&dir);
+}

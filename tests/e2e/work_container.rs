@@ -197,7 +197,11 @@ echo "{\"result\": {\"token\": \"$token\", \"status\": \"$status\"}}" >> "$TRIAD
         (i.phase() == Some(Phase::Succeeded)).then_some(i)
     })
     .await;
-    let result = done.status.and_then(|s| s.result).expect("a result");
+    let result = done
+        .status
+        .and_then(|s| s.result)
+        .and_then(|r| r.value().cloned())
+        .expect("a result");
     assert_eq!(result["token"], "absent", "{result}");
     let status = result["status"].as_str().unwrap_or_default();
     assert!(
@@ -447,7 +451,10 @@ async fn a_stream_pool_runs_many_items_in_one_process() {
             continue;
         }
         assert_eq!(item.phase(), Some(Phase::Succeeded), "{status:?}");
-        let result = status.result.expect("result");
+        let result = status
+            .result
+            .and_then(|r| r.value().cloned())
+            .expect("result");
         pids.insert(result["pid"].as_i64().expect("pid"));
         seen.insert(result["seen"].as_i64().expect("seen"));
     }
