@@ -241,9 +241,10 @@ pub struct WorkItemStatus {
     /// Budget granted on top of spec.budget by `Extend` interventions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub budget_extension: Counters,
-    /// What the work returned. Decoded depth-safely ([`FreeForm`]): an agent's token can
-    /// write any JSON here, and one value nested past serde_json's limit must not make
-    /// every role's list of items undecodable.
+    /// What the work returned: the last `result` it reported.
+    // Decoded depth-safely (FreeForm): an agent's token can write any JSON here, and one
+    // value nested past serde_json's limit must not make every role's list of items
+    // undecodable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub result: Option<FreeForm>,
