@@ -11,6 +11,41 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Label values that come from work commands (counter and rule names): the first
+/// `limit` distinct values are kept, later ones fold into [`LabelCap::OTHER`], so a
+/// command inventing names cannot grow the registry (and every scrape) without bound.
+#[derive(Clone)]
+pub struct LabelCap {
+    limit: usize,
+    seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl LabelCap {
+    pub const OTHER: &'static str = "other";
+
+    pub fn new(limit: usize) -> Self {
+        LabelCap {
+            limit,
+            seen: Arc::default(),
+        }
+    }
+
+    /// The label value to use for `value`.
+    pub fn label(&self, value: &str) -> String {
+        let Ok(mut seen) = self.seen.lock() else {
+            return Self::OTHER.to_owned();
+        };
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.limit {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        Self::OTHER.to_owned()
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
     pub controller: String,
@@ -115,5 +150,20 @@ impl ControllerMetrics {
             reconcile_errors: Family::default(),
             leader: Family::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_from_work_fold_into_other_past_the_cap() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.label("tokens"), "tokens");
+        assert_eq!(cap.label("cost"), "cost");
+        assert_eq!(cap.label("made-up-1"), "other");
+        assert_eq!(cap.label("made-up-2"), "other");
+        assert_eq!(cap.label("tokens"), "tokens", "known names stay");
     }
 }

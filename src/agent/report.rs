@@ -32,6 +32,17 @@ pub struct ReportState {
     pub violation_pending: bool,
     /// Lines refused since the last [`ReportState::take_rejected`].
     rejected: u64,
+    /// Lines refused in this attempt, for rate-limiting the warnings.
+    rejected_total: u64,
+}
+
+/// Refused lines logged in full per attempt; after that one in [`LOG_EVERY`]: a command
+/// printing junk in a loop must not flood the agent's log (the metric counts them all).
+const LOG_FIRST: u64 = 10;
+const LOG_EVERY: u64 = 1000;
+
+fn log_refusal(total: u64) -> bool {
+    total <= LOG_FIRST || total.is_multiple_of(LOG_EVERY)
 }
 
 impl ReportState {
@@ -51,14 +62,24 @@ impl ReportState {
     /// A line longer than [`MAX_LINE`], already skipped by the splitter.
     pub fn too_long(&mut self) {
         self.rejected += 1;
-        tracing::warn!("report line over {MAX_LINE} bytes dropped");
+        self.rejected_total += 1;
+        if log_refusal(self.rejected_total) {
+            tracing::warn!(
+                refused_so_far = self.rejected_total,
+                "report line over {MAX_LINE} bytes dropped"
+            );
+        }
     }
 
     fn refuse(&mut self, why: &str, line: &[u8]) {
         self.rejected += 1;
+        self.rejected_total += 1;
+        if !log_refusal(self.rejected_total) {
+            return;
+        }
         // Log the first bytes only: a bad line can be 64 KiB.
         let start = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-        tracing::warn!(error = %why, line = %start, "report line dropped");
+        tracing::warn!(error = %why, line = %start, refused_so_far = self.rejected_total, "report line dropped");
     }
 
     pub fn take_rejected(&mut self) -> u64 {
@@ -186,6 +207,12 @@ pub fn cut(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_lines_are_logged_at_first_then_rarely() {
+        let logged: Vec<u64> = (1..=3000).filter(|n| log_refusal(*n)).collect();
+        assert_eq!(logged, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1000, 2000, 3000]);
+    }
     use crate::api::MAX_RESULT_BYTES;
     use serde_json::json;
 

@@ -60,7 +60,15 @@ pub struct SupervisorMetrics {
     stalled: Family<NamespaceLabels, Gauge>,
     budget_used: Family<BudgetLabels, Counter<f64, AtomicU64>>,
     violations: Family<RuleLabels, Counter>,
+    /// Counter and rule names are the work's: capped.
+    counter_names: crate::metrics::LabelCap,
+    rule_names: crate::metrics::LabelCap,
 }
+
+/// Distinct counter names (`tokens`, `cost`, …) kept as labels; more fold into `other`.
+pub const MAX_COUNTER_LABELS: usize = 32;
+/// Distinct violation rule names kept as labels; more fold into `other`.
+pub const MAX_RULE_LABELS: usize = 64;
 
 impl SupervisorMetrics {
     pub fn register(registry: &mut Registry) -> Self {
@@ -124,6 +132,8 @@ impl SupervisorMetrics {
             stalled,
             budget_used,
             violations,
+            counter_names: crate::metrics::LabelCap::new(MAX_COUNTER_LABELS),
+            rule_names: crate::metrics::LabelCap::new(MAX_RULE_LABELS),
         }
     }
 
@@ -180,7 +190,7 @@ impl SupervisorMetrics {
                 .get_or_create(&BudgetLabels {
                     namespace: namespace.into(),
                     queue: queue.into(),
-                    counter: counter.into(),
+                    counter: self.counter_names.label(counter),
                 })
                 .inc_by(amount);
         }
@@ -189,7 +199,9 @@ impl SupervisorMetrics {
     pub fn violations(&self, rule: &str, n: u64) {
         if n > 0 {
             self.violations
-                .get_or_create(&RuleLabels { rule: rule.into() })
+                .get_or_create(&RuleLabels {
+                    rule: self.rule_names.label(rule),
+                })
                 .inc_by(n);
         }
     }
