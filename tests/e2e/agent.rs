@@ -700,24 +700,45 @@ esac
     let versions: Arc<Mutex<HashSet<String>>> = Arc::default();
     let seen = versions.clone();
     let watch_api = api.clone();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel::<()>();
     let watch = tokio::spawn(async move {
         let cfg = watcher::Config::default().fields("metadata.name=flood");
         let mut events = watcher::watcher(watch_api, cfg).boxed();
+        let mut listed_tx = Some(listed_tx);
         while let Some(Ok(event)) = events.next().await {
-            if let watcher::Event::Apply(wi) | watcher::Event::InitApply(wi) = event
-                && let Some(rv) = wi.resource_version()
-            {
-                seen.lock().expect("lock").insert(rv);
+            match event {
+                watcher::Event::Apply(wi) | watcher::Event::InitApply(wi) => {
+                    if let Some(rv) = wi.resource_version() {
+                        seen.lock().expect("lock").insert(rv);
+                    }
+                }
+                // Listed: from here on every version reaches this watch.
+                watcher::Event::InitDone => {
+                    if let Some(tx) = listed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                _ => {}
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .expect("the watch listed within 10 s")
+        .expect("the watch runs");
     create(&api, "flood", json!({})).await;
     let flood = wait_item(&api, "flood", Duration::from_secs(60), "Succeeded", |wi| {
         wi.phase() == Some(Phase::Succeeded)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watch has seen every version once it has seen the last.
+    let last = flood.resource_version().expect("a version");
+    wait_for(
+        Duration::from_secs(10),
+        "the watch to see the final version",
+        || async { versions.lock().expect("lock").contains(&last).then_some(()) },
+    )
+    .await;
     watch.abort();
     let status = flood.status.as_ref().expect("status");
     assert_eq!(

@@ -220,7 +220,8 @@ async fn invalid_inputs(client: &Client, ns: &str) -> Vec<(String, bool, String)
             "negative replicas",
             "AgentPool",
             "agentpools",
-            json!({"metadata": {"name": "bad-pool"}, "spec": {"queues": [{"name": "q"}], "replicas": -1, "template": {"spec": {"containers": [{"name": "a", "image": TRIAD_IMAGE}]}}}}),
+            // A valid work container, so that the replicas are the only thing wrong.
+            json!({"metadata": {"name": "bad-pool"}, "spec": {"queues": [{"name": "q"}], "replicas": -1, "template": {"spec": {"containers": [{"name": "work", "image": SHELL_IMAGE, "command": ["true"]}]}}}}),
         ),
         (
             "priority out of range (request)",
@@ -440,7 +441,7 @@ exit 0"#;
     }
     for o in &mut out {
         o.2.push_str(&format!(
-            "; agent rejected lines total {rejected}, agent restarts {restarts}"
+            "; agent rejected lines total {rejected}, container restarts {restarts}"
         ));
         if restarts > 0 {
             o.1 = false;
@@ -473,8 +474,8 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
     let worklog = out.join("work.log");
     let _ = std::fs::remove_file(&worklog);
     std::fs::write(&worklog, "")?;
-    // The work runs in the agents' containers as uid 65532 and appends to this file
-    // through a hostPath mount.
+    // The work runs in the agent pods' work containers as the busybox image's user and
+    // appends to this file through a hostPath mount.
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&worklog, std::fs::Permissions::from_mode(0o666))?;
@@ -853,7 +854,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         "recovery_method": "per fault: from injection until the faulted part is back (pool at full strength / role /readyz / apiserver /readyz) and the Succeeded count has grown",
         "seconds": round(elapsed, 1),
         "agents": a.agents,
-        "agents_are": format!("pods of an AgentPool (leaseSeconds 6): containers of Triad's image ({SHELL_IMAGE}, release build) on a kubelet (containerd, runc)"),
+        "agents_are": format!("pods of an AgentPool (leaseSeconds 6, podSecurity Privileged for the work log's hostPath): an agent container `triad-agent` of Triad's image ({TRIAD_IMAGE}, release build) plus a work container of the busybox work image ({SHELL_IMAGE}) started through the runner (`triad runner`), on a kubelet (containerd, runc); agent faults hit the `triad-agent` container"),
         "operator_is": "three `triad controller --roles <role>` processes",
     });
     let path = out.join("report.json");

@@ -13,7 +13,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use triad::api::AgentPool;
+use triad::api::{AgentPool, WorkMode};
+use triad::pool::template::AGENT_CONTAINER;
 
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig).context("read kubeconfig")?;
@@ -126,7 +127,7 @@ pub fn agent_image(work: &[&str]) -> &'static str {
     }
 }
 
-/// An AgentPool with `replicas` agents running `command` on `queues`.
+/// An AgentPool with `replicas` agents running `command` once per item on `queues`.
 pub fn pool_object(
     name: &str,
     queues: &[&str],
@@ -134,8 +135,28 @@ pub fn pool_object(
     lease_seconds: i32,
     command: &[&str],
 ) -> Value {
-    let mut argv = vec!["triad", "agent", "--"];
-    argv.extend_from_slice(command);
+    pool_object_with_mode(
+        name,
+        queues,
+        replicas,
+        lease_seconds,
+        command,
+        WorkMode::PerItem,
+    )
+}
+
+/// An AgentPool with `replicas` agents on `queues` whose work container runs `command`
+/// in `mode`: once per item, or once for many items read as JSON lines on stdin. The
+/// template holds the work container alone; Triad adds the agent container and starts
+/// `command` through its runner.
+pub fn pool_object_with_mode(
+    name: &str,
+    queues: &[&str],
+    replicas: i32,
+    lease_seconds: i32,
+    command: &[&str],
+    mode: WorkMode,
+) -> Value {
     let queues: Vec<Value> = queues.iter().map(|q| json!({"name": q})).collect();
     json!({
         "apiVersion": "triad.dev/v1alpha1", "kind": "AgentPool",
@@ -143,8 +164,9 @@ pub fn pool_object(
         "spec": {
             "queues": queues, "replicas": replicas, "leaseSeconds": lease_seconds,
             "lifecycle": {"type": "Persistent"},
+            "workMode": mode,
             "template": {"spec": {
-                "containers": [{"name": "agent", "image": agent_image(command), "command": argv,
+                "containers": [{"name": "work", "image": agent_image(command), "command": command,
                                 "env": [{"name": "RUST_LOG", "value": "info,kube=warn"}]}]
             }}
         }
@@ -152,10 +174,12 @@ pub fn pool_object(
 }
 
 /// Mounts a host path (`kind`: a hostPath type such as `File` or `Directory`) into the
-/// agent container of a [`pool_object`] at the same path, so work in the container can
-/// write what the harness reads on the host.
+/// work container of a [`pool_object`] at the same path, so work in the container can
+/// write what the harness reads on the host. A hostPath is outside the restricted
+/// profile Triad enforces by default, so the pool asks for `Privileged`.
 pub fn mount_host_path(pool: &mut Value, path: &Path, kind: &str) {
     let path = path.display().to_string();
+    pool["spec"]["podSecurity"] = json!("Privileged");
     let spec = &mut pool["spec"]["template"]["spec"];
     spec["volumes"] = json!([{"name": "host", "hostPath": {"path": path, "type": kind}}]);
     spec["containers"][0]["volumeMounts"] = json!([{"name": "host", "mountPath": path}]);
@@ -419,9 +443,15 @@ impl Process {
         self.stat.get(index)?.parse().ok()
     }
 
-    /// A `triad agent` process: the agent itself or the guard it runs work under.
+    /// A `triad agent` process (the agent itself; the guard starts as `/proc/self/exe`).
     fn is_agent(&self) -> bool {
         is_triad_agent(&self.args)
+    }
+
+    /// The runner or a guard it runs an item's work under: the Triad side of a work
+    /// container.
+    fn is_runner(&self) -> bool {
+        is_runner(&self.args)
     }
 }
 
@@ -434,6 +464,40 @@ fn exe_name(args: &[String]) -> &str {
 
 fn is_triad_agent(args: &[String]) -> bool {
     exe_name(args) == "triad" && args.get(1).is_some_and(|a| a == "agent")
+}
+
+/// `triad runner …` (PID 1 of a work container), or the guard the runner re-executes
+/// itself as for each item (`/proc/self/exe agent --work-guard -- <command…>`).
+fn is_runner(args: &[String]) -> bool {
+    (exe_name(args) == "triad" && args.get(1).is_some_and(|a| a == "runner"))
+        || triad::agent::work::guard_command(args).is_some()
+}
+
+/// Which part of an agent pod a container is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The `triad-agent` container: claims, heartbeats, status writes.
+    Agent,
+    /// The work container: the runner, its guards and the work they start.
+    Work,
+}
+
+/// The agent and work containers among the processes' containers, by id: a container
+/// is the agent's when one of its processes is `triad agent`, a work container when one
+/// is the runner or a guard.
+fn container_sides(procs: &[Process]) -> std::collections::HashMap<&str, Side> {
+    let mut out = std::collections::HashMap::new();
+    for p in procs {
+        let Some(id) = p.container.as_deref() else {
+            continue;
+        };
+        if p.is_agent() {
+            out.insert(id, Side::Agent);
+        } else if p.is_runner() {
+            out.entry(id).or_insert(Side::Work);
+        }
+    }
+    out
 }
 
 /// The container a process runs in, from its `/proc/<pid>/cgroup` text: with the
@@ -473,19 +537,15 @@ fn processes() -> Vec<Process> {
         .collect()
 }
 
-/// The host pid of a container's `triad agent` process (not a work guard): the member
-/// of the container whose parent is outside it (the container's first process, which the
-/// runtime's shim started), or failing that the lowest agent pid in it.
+/// The host pid of a container's `triad agent` process: the member of the container
+/// whose parent is outside it (the container's first process, which the runtime's shim
+/// started), or failing that the lowest agent pid in it.
 fn container_agent_pid(procs: &[Process], id: &str) -> Option<u32> {
     let members: Vec<&Process> = procs
         .iter()
         .filter(|p| p.container.as_deref() == Some(id))
         .collect();
-    let agents = || {
-        members
-            .iter()
-            .filter(|p| p.is_agent() && !p.args.iter().any(|a| a == "--work-guard"))
-    };
+    let agents = || members.iter().filter(|p| p.is_agent());
     agents()
         .find(|p| {
             p.stat_u64(1)
@@ -495,7 +555,7 @@ fn container_agent_pid(procs: &[Process], id: &str) -> Option<u32> {
         .map(|p| p.pid)
 }
 
-/// A running agent container of a pool's pod.
+/// A running agent container (`triad-agent`) of a pool's pod.
 #[derive(Clone, Debug)]
 pub struct AgentContainer {
     pub pod: String,
@@ -506,8 +566,9 @@ pub struct AgentContainer {
     pub pid: u32,
 }
 
-/// The running agent containers of a namespace's pool pods: the pods come from the API,
-/// the processes from `/proc` (this harness runs on the cluster's only node).
+/// The running agent containers (`triad-agent`, not the work containers) of a
+/// namespace's pool pods: the pods come from the API, the processes from `/proc` (this
+/// harness runs on the cluster's only node).
 pub async fn agent_containers(client: &Client, ns: &str) -> anyhow::Result<Vec<AgentContainer>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods
@@ -525,6 +586,7 @@ pub async fn agent_containers(client: &Client, ns: &str) -> anyhow::Result<Vec<A
             .and_then(|s| s.container_statuses)
             .unwrap_or_default();
         let found = statuses.iter().find_map(|c| {
+            (c.name == AGENT_CONTAINER).then_some(())?;
             c.state.as_ref()?.running.as_ref()?;
             let id = c.container_id.as_deref()?.strip_prefix("containerd://")?;
             let pid = container_agent_pid(&procs, id)?;
@@ -537,6 +599,37 @@ pub async fn agent_containers(client: &Client, ns: &str) -> anyhow::Result<Vec<A
         out.extend(found);
     }
     Ok(out)
+}
+
+/// The summed RSS (MB) of the processes of each running container of `pod`, by
+/// container name; the processes come from `/proc`, matched by their cgroup. Pages two
+/// processes share (a binary's, say) count once for each.
+pub fn pod_rss_mb_by_container(pod: &Pod) -> BTreeMap<String, f64> {
+    let procs = processes();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref());
+    let mut out = BTreeMap::new();
+    for c in statuses.into_iter().flatten() {
+        if c.state.as_ref().and_then(|s| s.running.as_ref()).is_none() {
+            continue;
+        }
+        let Some(id) = c
+            .container_id
+            .as_deref()
+            .and_then(|i| i.strip_prefix("containerd://"))
+        else {
+            continue;
+        };
+        let mb: f64 = procs
+            .iter()
+            .filter(|p| p.container.as_deref() == Some(id))
+            .filter_map(|p| rss_mb(p.pid))
+            .sum();
+        out.insert(c.name.clone(), mb);
+    }
+    out
 }
 
 /// The node's runtime tools, as a node's operator uses them.
@@ -752,41 +845,40 @@ pub fn round(v: f64, digits: i32) -> f64 {
 }
 
 /// CPU seconds used so far by the processes on this machine, by what they are:
-/// `kube-apiserver`, `etcd`, `operator` (`triad controller`), `agents`, `node` (kubelet,
-/// containerd, its shims, runc and the pods' pause processes), `harness`,
-/// `control-plane-other` (controller-manager, scheduler) and `other`.
+/// `kube-apiserver`, `etcd`, `operator` (`triad controller`), `agents`, `runner`,
+/// `node` (kubelet, containerd, its shims, runc and the pods' pause processes),
+/// `harness`, `control-plane-other` (controller-manager, scheduler) and `other`.
 ///
-/// Agents are every process of a container whose processes include a `triad agent`: the
-/// agent, its work guards and the work they run, whatever that work's program is. A
-/// process's reaped children count with it as well, so work that has finished counts
-/// with the agent that ran it.
+/// Agents are the processes of the agent pods' `triad-agent` containers: `triad
+/// agent`. Runner is every process of their work containers: the runner, the guards it
+/// runs items under and the work they run, whatever that work's program is. A process's
+/// reaped children count with it as well, so work that has finished counts with the
+/// runner that ran it. `agents` + `runner` is what `agents` alone was when the agent
+/// ran the work in its own container.
 pub fn cpu_seconds_by_process() -> BTreeMap<&'static str, f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let procs = processes();
-    let agent_containers: std::collections::HashSet<&str> = procs
-        .iter()
-        .filter(|p| p.is_agent())
-        .filter_map(|p| p.container.as_deref())
-        .collect();
+    let sides = container_sides(&procs);
     let mut out = BTreeMap::new();
     for p in &procs {
         let used: u64 = (11..15).filter_map(|i| p.stat_u64(i)).sum();
-        let in_agent_container = p
-            .container
-            .as_deref()
-            .is_some_and(|c| agent_containers.contains(c));
-        *out.entry(process_kind(&p.args, in_agent_container))
-            .or_insert(0.0) += used as f64 / ticks;
+        let side = p.container.as_deref().and_then(|c| sides.get(c).copied());
+        *out.entry(process_kind(&p.args, side)).or_insert(0.0) += used as f64 / ticks;
     }
     out
 }
 
-/// What a process is, for [`cpu_seconds_by_process`], from its command line and whether
-/// it runs in an agent's container.
-fn process_kind(args: &[String], in_agent_container: bool) -> &'static str {
-    if in_agent_container {
-        return "agents";
+/// What a process is, for [`cpu_seconds_by_process`], from its command line and which
+/// part of an agent pod it runs in, if any.
+fn process_kind(args: &[String], side: Option<Side>) -> &'static str {
+    match side {
+        Some(Side::Agent) => return "agents",
+        Some(Side::Work) => return "runner",
+        None => {}
+    }
+    if is_runner(args) {
+        return "runner";
     }
     let has = |word: &str| args.iter().skip(1).any(|a| a == word);
     match exe_name(args) {
@@ -861,8 +953,8 @@ mod process_tests {
     }
 
     #[test]
-    fn processes_are_classified_by_command_and_agent_container() {
-        let kind = |args: &[&str]| process_kind(&argv(args), false);
+    fn processes_are_classified_by_command_and_pod_side() {
+        let kind = |args: &[&str]| process_kind(&argv(args), None);
         assert_eq!(kind(&["/opt/k8s/kubelet", "--config", "c.yaml"]), "node");
         assert_eq!(kind(&["containerd", "--config", "c.toml"]), "node");
         assert_eq!(
@@ -871,9 +963,27 @@ mod process_tests {
         );
         assert_eq!(kind(&["runc", "--root", "/run", "state"]), "node");
         assert_eq!(kind(&["/bin/busybox", "sleep", "2147483647"]), "node");
+        assert_eq!(kind(&["/usr/local/bin/triad", "agent"]), "agents");
         assert_eq!(
-            kind(&["/usr/local/bin/triad", "agent", "--", "true"]),
-            "agents"
+            kind(&["/triad/bin/triad", "runner", "--", "true"]),
+            "runner"
+        );
+        assert_eq!(
+            kind(&[
+                "/triad/bin/triad",
+                "runner",
+                "--stream",
+                "--",
+                "sh",
+                "-c",
+                "x"
+            ]),
+            "runner"
+        );
+        assert_eq!(
+            kind(&["/proc/self/exe", "agent", "--work-guard", "--", "true"]),
+            "runner",
+            "the guard is the runner re-executed, not an agent"
         );
         assert_eq!(
             kind(&["triad", "controller", "--roles", "pools"]),
@@ -882,12 +992,50 @@ mod process_tests {
         assert_eq!(kind(&["/x/kube-apiserver", "--v=1"]), "kube-apiserver");
         assert_eq!(kind(&["/x/triad-bench", "bench"]), "harness");
         assert_eq!(kind(&["sleep", "3600"]), "other");
-        // Work in an agent's container counts as the agent's, whatever its program.
-        assert_eq!(process_kind(&argv(&["sleep", "3600"]), true), "agents");
+        // Work in a work container counts as the runner's, whatever its program.
         assert_eq!(
-            process_kind(&argv(&["/bin/busybox", "sleep", "1"]), true),
+            process_kind(&argv(&["sleep", "3600"]), Some(Side::Work)),
+            "runner"
+        );
+        assert_eq!(
+            process_kind(&argv(&["/bin/busybox", "sleep", "1"]), Some(Side::Work)),
+            "runner"
+        );
+        assert_eq!(
+            process_kind(&argv(&["/usr/local/bin/triad", "agent"]), Some(Side::Agent)),
             "agents"
         );
+    }
+
+    #[test]
+    fn containers_are_agent_or_work_by_their_processes() {
+        let proc = |pid, container: &str, args: &[&str]| Process {
+            pid,
+            stat: Vec::new(),
+            args: argv(args),
+            container: Some(container.to_owned()),
+        };
+        let procs = [
+            proc(1, "a", &["/usr/local/bin/triad", "agent"]),
+            proc(
+                2,
+                "w",
+                &["/triad/bin/triad", "runner", "--", "sh", "-c", "x"],
+            ),
+            proc(
+                3,
+                "w",
+                &["/proc/self/exe", "agent", "--work-guard", "--", "sh"],
+            ),
+            proc(4, "w", &["sh", "-c", "x"]),
+            proc(5, "s", &["/bin/busybox", "sleep", "1"]),
+        ];
+        let sides = container_sides(&procs);
+        assert_eq!(sides.get("a"), Some(&Side::Agent));
+        assert_eq!(sides.get("w"), Some(&Side::Work), "the guard is no agent");
+        assert_eq!(sides.get("s"), None);
+        assert_eq!(container_agent_pid(&procs, "a"), Some(1));
+        assert_eq!(container_agent_pid(&procs, "w"), None);
     }
 
     #[test]
