@@ -294,10 +294,9 @@ impl Session<'_> {
                 let Some(proc_) = self.stream.as_mut() else {
                     anyhow::bail!("the stream process is not running");
                 };
-                let file = tokio::fs::OpenOptions::new()
+                let file = std::fs::OpenOptions::new()
                     .append(true)
-                    .open(&report.path)
-                    .await?;
+                    .open(&report.path)?;
                 let cpu_at_start = work::group_cpu_seconds(proc_.pid);
                 proc_.feed(start, file).await?;
                 (proc_.pid, Run::Stream { cpu_at_start })
@@ -401,9 +400,13 @@ struct StreamProc {
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     lines: mpsc::Receiver<Vec<u8>>,
-    /// The current item's report file, where stdout lines go.
-    report: Option<tokio::fs::File>,
+    /// The current item's report file, where stdout lines go. Written synchronously:
+    /// [`StreamProc::item_end`] runs inside a `select!` and must be cancel-safe, so no
+    /// await may come between taking a line from the channel and writing it.
+    report: Option<std::fs::File>,
     exited: Option<Exit>,
+    /// The stdout reader ended (the process closed stdout or exited).
+    lines_closed: bool,
 }
 
 impl StreamProc {
@@ -449,6 +452,7 @@ impl StreamProc {
             lines,
             report: None,
             exited: None,
+            lines_closed: false,
         })
     }
 
@@ -457,7 +461,7 @@ impl StreamProc {
     }
 
     /// Writes the item's line to the process and directs its stdout to `report`.
-    async fn feed(&mut self, start: &StartItem, report: tokio::fs::File) -> std::io::Result<()> {
+    async fn feed(&mut self, start: &StartItem, report: std::fs::File) -> std::io::Result<()> {
         let payload: serde_json::Value =
             serde_json::from_str(&start.payload).unwrap_or(serde_json::Value::Null);
         let line =
@@ -474,41 +478,28 @@ impl StreamProc {
     }
 
     /// Copies stdout lines into the report until the item's `done` line (its exit
-    /// code, 0 by default) or the process's end (its status).
+    /// code, 0 by default) or the process's end (its status). Cancel-safe: both awaits
+    /// are, and nothing after them awaits.
     async fn item_end(&mut self) -> Exit {
         loop {
             tokio::select! {
                 line = self.lines.recv() => match line {
                     Some(line) => {
-                        if let Some(report) = self.report.as_mut() {
-                            let mut l = line.clone();
-                            l.push(b'\n');
-                            let _ = report.write_all(&l).await;
-                        }
+                        self.copy(&line);
                         if let Some(code) = done_line(&line) {
-                            if let Some(mut r) = self.report.take() {
-                                let _ = r.flush().await;
-                            }
+                            self.report = None;
                             return Exit::Code(code);
                         }
                     }
                     None => {
-                        // stdout closed: the process is ending; take its status.
-                        let status = self.child.wait().await;
-                        let exit = status_exit(status);
-                        self.exited = Some(exit);
-                        self.report = None;
-                        return exit;
+                        // stdout closed: the process is ending; its status follows.
+                        self.lines_closed = true;
                     }
                 },
                 status = self.child.wait() => {
                     // Lines it wrote before exiting still count.
                     while let Ok(line) = self.lines.try_recv() {
-                        if let Some(report) = self.report.as_mut() {
-                            let mut l = line.clone();
-                            l.push(b'\n');
-                            let _ = report.write_all(&l).await;
-                        }
+                        self.copy(&line);
                     }
                     let exit = status_exit(status);
                     self.exited = Some(exit);
@@ -517,6 +508,25 @@ impl StreamProc {
                     return exit;
                 }
             }
+            if self.lines_closed {
+                // Only the status is left to wait for (a closed channel would spin).
+                let status = self.child.wait().await;
+                let exit = status_exit(status);
+                self.exited = Some(exit);
+                self.report = None;
+                return exit;
+            }
+        }
+    }
+
+    fn copy(&mut self, line: &[u8]) {
+        use std::io::Write;
+        if let Some(report) = self.report.as_mut() {
+            let mut l = Vec::with_capacity(line.len() + 1);
+            l.extend_from_slice(line);
+            l.push(b'\n');
+            // One write per line, so the agent's tail never sees half of one for long.
+            let _ = report.write_all(&l);
         }
     }
 }
