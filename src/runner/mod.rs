@@ -750,7 +750,7 @@ mod tests {
     #[tokio::test]
     async fn stream_mode_feeds_items_to_one_process() {
         let (socket, task) = serve(
-            r#"n=0; while read -r line; do n=$((n+1)); echo "{\"progress\": {\"percent\": $n}}"; echo "$line" | grep -q fail && echo '{"done": {"exitCode": 2}}' || echo "{\"done\": {}, \"result\": {\"pid\": $$}}"; done"#,
+            r#"n=0; while read -r line; do n=$((n+1)); echo "{\"progress\": {\"percent\": $n}}"; case "$line" in *fail*) echo '{"done": {"exitCode": 2}}';; *hang*) sleep 60;; *) echo "{\"done\": {}, \"result\": {\"pid\": $$}}";; esac; done"#,
             Mode::Stream,
         );
         let l = link(&socket).await;
@@ -779,7 +779,8 @@ mod tests {
         let mut w = start(w.finish(), item(3, r#"{"x":1}"#)).await;
         let third = w.wait().await.unwrap();
         assert_eq!(third.exit, Exit::Code(0));
-        let mut w = start(w.finish(), item(4, "{}")).await;
+        // One that never ends by itself: only the kill ends it.
+        let mut w = start(w.finish(), item(4, r#"{"hang":true}"#)).await;
         w.kill();
         assert_eq!(w.wait().await.unwrap().exit, Exit::Signal(libc::SIGKILL));
         let mut w = start(w.finish(), item(5, "{}")).await;
