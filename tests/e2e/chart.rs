@@ -216,25 +216,8 @@ fn denial(err: kube::Error) -> String {
 #[tokio::test]
 async fn agent_policy_lets_an_agent_claim_and_change_only_its_own_items() {
     let ns = TestNamespace::new("vap").await;
-    // The chart's policy, bound to this namespace only.
-    let selector = format!(
-        r#"agentPolicy.namespaceSelector={{"matchLabels":{{"kubernetes.io/metadata.name":"{}"}}}}"#,
-        ns.name
-    );
-    let rendered = render(
-        &ns.name,
-        &[
-            "--show-only",
-            "templates/agent-policy.yaml",
-            "--set-json",
-            &selector,
-        ],
-    );
-    let _cleanup = ClusterScoped {
-        release: ns.name.clone(),
-        kinds: "validatingadmissionpolicy,validatingadmissionpolicybinding",
-    };
-    apply(&rendered);
+    // The chart's policies, bound to this namespace only.
+    let _cleanup = install_agent_policy(&ns).await;
 
     let me = "agent-x-0";
     let agent = agent_identity(&ns, "x", me).await;
@@ -373,8 +356,8 @@ async fn agent_policy_lets_an_agent_claim_and_change_only_its_own_items() {
         .expect("non-agent identities are not restricted");
 }
 
-/// Installs the chart's agent policies bound to `ns` only, and waits until the API
-/// server enforces them (probed with a dry run of `probe`, which they must refuse).
+/// Installs the chart's agent policies bound to `ns` only; they are deleted when the
+/// returned guard drops. The API server enforces them a moment later: tests probe.
 async fn install_agent_policy(ns: &TestNamespace) -> ClusterScoped {
     let selector = format!(
         r#"agentPolicy.namespaceSelector={{"matchLabels":{{"kubernetes.io/metadata.name":"{}"}}}}"#,
