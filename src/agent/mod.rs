@@ -188,7 +188,8 @@ struct RunnerSlot {
 
 /// The held item's work: a child of this process, or a process in the work container.
 enum Running {
-    Local(Work),
+    /// The work and its report directory (removed when this is dropped).
+    Local(Work, ReportDir),
     Remote(RemoteWork),
 }
 
@@ -204,51 +205,50 @@ enum WorkLost {
 impl Running {
     async fn wait(&mut self) -> Result<Finished, WorkLost> {
         match self {
-            Running::Local(w) => w.wait().await.map_err(WorkLost::Local),
+            Running::Local(w, _) => w.wait().await.map_err(WorkLost::Local),
             Running::Remote(w) => w.wait().await.map_err(|_| WorkLost::ContainerGone),
         }
     }
 
     fn terminate(&self) {
         match self {
-            Running::Local(w) => w.terminate(),
+            Running::Local(w, _) => w.terminate(),
             Running::Remote(w) => w.terminate(),
         }
     }
 
     fn kill(&self) {
         match self {
-            Running::Local(w) => w.kill(),
+            Running::Local(w, _) => w.kill(),
             Running::Remote(w) => w.kill(),
         }
     }
 
     fn elapsed(&self) -> Duration {
         match self {
-            Running::Local(w) => w.elapsed(),
+            Running::Local(w, _) => w.elapsed(),
             Running::Remote(w) => w.elapsed(),
         }
     }
 
     fn cpu_seconds_so_far(&self) -> f64 {
         match self {
-            Running::Local(w) => w.cpu_seconds_so_far(),
+            Running::Local(w, _) => w.cpu_seconds_so_far(),
             Running::Remote(w) => w.cpu_seconds_so_far(),
         }
     }
 
     fn last_stderr_line(&self) -> String {
         match self {
-            Running::Local(w) => w.last_stderr_line(),
+            Running::Local(w, _) => w.last_stderr_line(),
             Running::Remote(w) => w.last_stderr_line(),
         }
     }
 
-    fn report_path<'a>(&'a self, dir: Option<&'a ReportDir>) -> &'a std::path::Path {
-        match (self, dir) {
-            (Running::Remote(w), _) => &w.report,
-            (Running::Local(_), Some(d)) => &d.path,
-            (Running::Local(_), None) => std::path::Path::new("/nonexistent"),
+    fn report_path(&self) -> &std::path::Path {
+        match self {
+            Running::Remote(w) => &w.report,
+            Running::Local(_, dir) => &dir.path,
         }
     }
 }
@@ -552,11 +552,11 @@ impl Agent {
         };
 
         let grace = lock(&self.cache).cancel_grace(view.effective_queue());
-        let (mut work, dir) = match self.start_work(&key, &writer, payload, grace).await {
+        let mut work = match self.start_work(&key, &writer, payload, grace).await {
             Ok(started) => started,
             Err(handled) => return handled,
         };
-        let mut tail = match ReportTail::open(work.report_path(dir.as_ref())).await {
+        let mut tail = match ReportTail::open(work.report_path()).await {
             Ok(t) => t,
             Err(e) => {
                 work.kill();
@@ -701,7 +701,6 @@ impl Agent {
         self.metrics
             .report_lines_rejected
             .inc_by(reports.take_rejected());
-        drop(dir);
         let last_stderr = work.last_stderr_line();
         self.give_back_link(work);
 
@@ -744,7 +743,7 @@ impl Agent {
         writer: &ItemWriter,
         payload: String,
         grace: Duration,
-    ) -> Result<(Running, Option<ReportDir>), Handled> {
+    ) -> Result<Running, Handled> {
         let attempt = writer.attempt.attempt;
         if let Some(slot) = self.runner.as_mut() {
             let Some(link) = slot.link.take() else {
@@ -759,7 +758,7 @@ impl Agent {
                 cancel_grace_seconds: grace.as_secs(),
             };
             return match link.start(start).await {
-                Ok(work) => Ok((Running::Remote(work), None)),
+                Ok(work) => Ok(Running::Remote(work)),
                 Err(StartError::Refused(link, error)) => {
                     slot.link = Some(link);
                     Err(self
@@ -804,7 +803,7 @@ impl Agent {
             stdin,
             guarded: self.cfg.guard_work,
         }) {
-            Ok(w) => Ok((Running::Local(w), Some(dir))),
+            Ok(w) => Ok(Running::Local(w, dir)),
             Err(e) => Err(self
                 .cannot_start(
                     writer,

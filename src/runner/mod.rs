@@ -30,6 +30,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use self::protocol::{Exit, Exited, FromRunner, Hello, Mode, StartItem, StopSignal, ToRunner};
+use crate::agent::report::{Line, LineSplitter};
 use crate::agent::work::{self, Launch, ReportDir, Work};
 use crate::core::attempt_log;
 
@@ -435,14 +436,7 @@ impl StreamProc {
         let stdout = child.stdout.take();
         let (tx, lines) = mpsc::channel(64);
         if let Some(out) = stdout {
-            tokio::spawn(async move {
-                let mut r = LineReader::new(out);
-                while let Ok(Some(line)) = r.next().await {
-                    if tx.send(line).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(forward_lines(out, tx));
         }
         tracing::info!(pid, "stream process started");
         Ok(StreamProc {
@@ -559,53 +553,32 @@ pub fn done_line(line: &[u8]) -> Option<i32> {
     }
 }
 
-/// Stdout lines of a stream process, each at most [`crate::core::report::MAX_LINE`]
-/// bytes: longer ones are dropped (the report would refuse them anyway).
-struct LineReader<R> {
-    inner: tokio::io::BufReader<R>,
-    line: Vec<u8>,
-    skipping: bool,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R) -> Self {
-        LineReader {
-            inner: tokio::io::BufReader::new(inner),
-            line: Vec::new(),
-            skipping: false,
+/// Sends the stream process's stdout on as lines, split by the report tail's own
+/// [`LineSplitter`]: lines over [`crate::core::report::MAX_LINE`] are dropped (the report
+/// would refuse them anyway) and said on stderr.
+async fn forward_lines(mut out: impl tokio::io::AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
+    use tokio::io::AsyncReadExt;
+    let mut splitter = LineSplitter::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = out.read(&mut buf).await.unwrap_or(0);
+        let mut lines = Vec::new();
+        let mut collect = |line: Line<'_>| match line {
+            Line::Text(text) => lines.push(text.to_vec()),
+            Line::TooLong => eprintln!("triad runner: dropped a stdout line over 64 KiB"),
+        };
+        if n == 0 {
+            splitter.finish(&mut collect);
+        } else {
+            splitter.feed(&buf[..n], &mut collect);
         }
-    }
-
-    async fn next(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        use tokio::io::AsyncBufReadExt;
-        loop {
-            let buf = self.inner.fill_buf().await?;
-            if buf.is_empty() {
-                return Ok((!self.line.is_empty() && !self.skipping)
-                    .then(|| std::mem::take(&mut self.line)));
+        for line in lines {
+            if tx.send(line).await.is_err() {
+                return;
             }
-            let (chunk, end) = match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => (&buf[..i], Some(i + 1)),
-                None => (buf, None),
-            };
-            if !self.skipping {
-                if self.line.len() + chunk.len() > crate::core::report::MAX_LINE {
-                    eprintln!("triad runner: dropped a stdout line over 64 KiB");
-                    self.skipping = true;
-                    self.line.clear();
-                } else {
-                    self.line.extend_from_slice(chunk);
-                }
-            }
-            let used = end.unwrap_or(buf.len());
-            self.inner.consume(used);
-            if end.is_some() {
-                let skipped = std::mem::take(&mut self.skipping);
-                let line = std::mem::take(&mut self.line);
-                if !skipped {
-                    return Ok(Some(line));
-                }
-            }
+        }
+        if n == 0 {
+            return;
         }
     }
 }
@@ -808,14 +781,15 @@ mod tests {
         let mut input = b"one\n".to_vec();
         input.extend(vec![b'x'; crate::core::report::MAX_LINE + 5]);
         input.extend(b"\ntwo\nlast");
-        let mut r = LineReader::new(&input[..]);
-        assert_eq!(r.next().await.unwrap(), Some(b"one".to_vec()));
+        let (tx, mut rx) = mpsc::channel(8);
+        forward_lines(&input[..], tx).await;
+        assert_eq!(rx.recv().await, Some(b"one".to_vec()));
         assert_eq!(
-            r.next().await.unwrap(),
+            rx.recv().await,
             Some(b"two".to_vec()),
             "the long line is dropped"
         );
-        assert_eq!(r.next().await.unwrap(), Some(b"last".to_vec()));
-        assert_eq!(r.next().await.unwrap(), None);
+        assert_eq!(rx.recv().await, Some(b"last".to_vec()));
+        assert_eq!(rx.recv().await, None);
     }
 }
