@@ -180,8 +180,8 @@ async fn chaos_loses_nothing_and_completes_nothing_twice() {
                         );
                     if hit {
                         handle.abort();
+                        // Gone once the aborted task has ended: restart it.
                         let _ = (&mut *handle).await;
-                        tokio::time::sleep(Duration::from_millis(300)).await;
                         *handle = start_role(&ns, *role).0;
                     }
                 }

@@ -148,8 +148,8 @@ async fn a_frozen_agent_is_reclaimed_only_after_its_lease_lapses_and_its_writes_
     .await;
     let epoch = claimed.epoch();
     agent.signal(libc::SIGSTOP);
-    // The last renewal the agent made before it froze.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The renewal read next is at or before the agent's last (one in flight when it froze
+    // may land after the read): timing from it only makes the check below stricter.
     let lease_name = claimed
         .status
         .as_ref()

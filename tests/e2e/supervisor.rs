@@ -87,6 +87,7 @@ fn condition_true<'a>(
 #[tokio::test]
 async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     let ns = TestNamespace::new("sup-lease").await;
+    let supervisor_started = tokio::time::Instant::now();
     let _sup = start_role(&ns, Role::Supervisor).0;
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
@@ -109,8 +110,10 @@ async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     .await;
 
     let items: Api<WorkItem> = ns.api();
-    // Let the supervisor's own post-start wait pass, so only the lease clock counts.
-    tokio::time::sleep(LEASE).await;
+    // The supervisor judges no lease before a lease duration since its own start (it
+    // cannot tell a stale lease from one it has not yet watched renew); from then on only
+    // the lease clock counts. Usually already past: the setup above takes that long.
+    tokio::time::sleep_until(supervisor_started + LEASE).await;
     // The lease's only renewal is its creation.
     let renewed_at = jiff::Timestamp::now();
     let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-x", &[], None, LEASE)
