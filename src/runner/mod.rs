@@ -181,14 +181,17 @@ impl Session<'_> {
                                 error: "an item is already running".into() }).await;
                             continue;
                         }
+                        // Bracket the attempt in this container's log before the work
+                        // can write to it (`kubectl triad logs --attempt`).
+                        println!("{}", attempt_log::begin_line(&start.item, start.attempt));
                         match self.start(&start).await {
                             Ok((c, pid)) => {
-                                println!("{}", attempt_log::begin_line(&c.item, c.attempt));
                                 let report = c.report.path.clone();
                                 current = Some(c);
                                 connected = send(&mut write, &FromRunner::Started { pid, report }).await;
                             }
                             Err(e) => {
+                                println!("{}", attempt_log::end_line(&start.item, start.attempt));
                                 connected = send(&mut write, &FromRunner::StartFailed {
                                     error: format!("{e:#}") }).await;
                             }
