@@ -76,6 +76,16 @@ async fn running_pod(ns: &TestNamespace, pool: &str) -> Pod {
     .await
 }
 
+/// The pod of the agent that holds `item`'s current claim.
+async fn holder_pod(ns: &TestNamespace, item: &str) -> Pod {
+    wait_for(WAIT, &format!("{item}: its holder's pod"), || async {
+        let i = ns.api::<WorkItem>().get(item).await.ok()?;
+        let pod = i.status?.claim?.pod?;
+        ns.api::<Pod>().get(&pod).await.ok()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_work_holds_no_credentials_and_the_api_server_refuses_it() {
     let ns = TestNamespace::new("nocreds").await;
@@ -275,24 +285,28 @@ async fn killing_the_agent_the_runner_or_the_work_never_completes_an_item_twice(
             },
         )
         .await;
-        let pod = running_pod(&ns, "split").await;
         match victim {
             Victim::AgentContainer => {
+                let pod = holder_pod(&ns, &name).await;
                 let id = container_id(&pod, AGENT_CONTAINER).expect("agent container");
                 node_tool("crictl", &["stop", "--timeout", "0", &id]).expect("crictl stop");
             }
             Victim::Runner | Victim::WorkProcess => {
-                let id = container_id(&pod, "work").expect("work container");
-                let pids = container_processes(&id);
                 let want = match victim {
                     Victim::Runner => "triad runner",
                     _ => "sh -c",
                 };
-                let pid = pids
-                    .iter()
-                    .copied()
-                    .find(|p| cmdline(*p).contains(want))
-                    .unwrap_or_else(|| panic!("no {want:?} among {pids:?}"));
+                // The pod that holds the item, read until its status names the work
+                // container that runs it (after the agent case, an earlier pod may still
+                // be terminating, and a status may lag the container it describes).
+                let pid = wait_for(WAIT, &format!("{name}: a {want:?} process"), || async {
+                    let pod = holder_pod(&ns, &name).await;
+                    let id = container_id(&pod, "work")?;
+                    container_processes(&id)
+                        .into_iter()
+                        .find(|p| cmdline(*p).contains(want))
+                })
+                .await;
                 // SAFETY: SIGKILL to a process of the test's own container.
                 assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
             }
