@@ -69,7 +69,9 @@ async fn running_pod(ns: &TestNamespace, pool: &str) -> Pod {
                 .await
                 .ok()?;
             pods.items.into_iter().find(|p| {
-                container_id(p, AGENT_CONTAINER).is_some() && container_id(p, "work").is_some()
+                p.metadata.deletion_timestamp.is_none()
+                    && container_id(p, AGENT_CONTAINER).is_some()
+                    && container_id(p, "work").is_some()
             })
         },
     )
