@@ -56,6 +56,7 @@ const POD_CHECK: Duration = Duration::from_secs(5);
 
 struct SeenLease {
     observer: LeaseObserver,
+    /// What the Lease says of itself: trusted only for an agent whose pool is unknown.
     duration: Duration,
 }
 
@@ -64,6 +65,7 @@ struct Supervisor {
     items: Store<WorkItem>,
     queues: Store<WorkQueue>,
     pods: Store<Pod>,
+    pools: Store<AgentPool>,
     leases: Mutex<HashMap<Key, SeenLease>>,
     /// Per Running item: what its usage and violations counters last counted.
     seen: Mutex<HashMap<Key, accounting::Seen>>,
@@ -109,6 +111,15 @@ fn slim_pod(pod: &mut Pod) {
     }
 }
 
+/// What the supervisor never reads from a cached pool: all of the spec but its
+/// leaseSeconds.
+fn slim_pool(pool: &mut AgentPool) {
+    pool.metadata.managed_fields = None;
+    pool.metadata.annotations = None;
+    pool.spec.template = Default::default();
+    pool.status = None;
+}
+
 fn key_of<K: Resource>(obj: &K) -> Option<Key> {
     Some((obj.meta().namespace.clone()?, obj.meta().name.clone()?))
 }
@@ -122,6 +133,8 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
     let (items, items_writer) = reflector::store();
     let (queues, queues_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
+    let (pools, pools_writer) = reflector::store();
+    let pools_api: Api<AgentPool> = ctx.api();
     let metrics = ctx
         .serve
         .with_registry(metrics::SupervisorMetrics::register);
@@ -137,6 +150,7 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
         items,
         queues,
         pods,
+        pools,
         leases: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
         health: Mutex::new(HashMap::new()),
@@ -207,6 +221,21 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
             while let Some(event) = stream.next().await {
                 if let Err(err) = event {
                     warn!(%err, "WorkQueue watch error; retrying");
+                }
+            }
+        });
+    }
+    {
+        // Pools: whose leaseSeconds judges their agents' Leases.
+        let stream = watcher(pools_api, watcher::Config::default())
+            .default_backoff()
+            .modify(slim_pool)
+            .reflect(pools_writer);
+        tasks.spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(err) = event {
+                    warn!(%err, "AgentPool watch error; retrying");
                 }
             }
         });
@@ -485,15 +514,32 @@ impl Supervisor {
         }
     }
 
+    /// The lease duration an agent's Lease is judged by: its pool's `leaseSeconds`, found
+    /// through the pod the Lease is named after (the admission policy lets an agent hold
+    /// only `triad-agent-<its pod>`, and only the pools role labels pods). Never what
+    /// the Lease says of itself, which its holder writes. None when the pod or its pool
+    /// is not (yet) known.
+    fn pool_lease_seconds(&self, lease: &Key) -> Option<Duration> {
+        let (ns, name) = lease;
+        let pod_name = name.strip_prefix("triad-agent-")?;
+        let pod = self.pods.get(&ObjectRef::new(pod_name).within(ns))?;
+        let pool_name = pod.labels().get(labels::POOL)?;
+        let pool = self.pools.get(&ObjectRef::new(pool_name).within(ns))?;
+        u64::try_from(pool.spec.lease_seconds)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
     /// How long the agent Lease of this pod has been unchanged, when that is a whole
     /// lease duration and we may judge (after our own start-up wait).
     fn stale_lease_of(&self, pod: &Key, now: Timestamp) -> Option<Duration> {
         let key = (pod.0.clone(), format!("triad-agent-{}", pod.1));
         let leases = self.lock_leases();
         let seen = leases.get(&key)?;
-        (seen.observer.is_stale(seen.duration, now)
-            && may_reclaim(self.started_at, seen.duration, now))
-        .then(|| seen.observer.unchanged_for(now))
+        let duration = self.pool_lease_seconds(&key).unwrap_or(seen.duration);
+        (seen.observer.is_stale(duration, now) && may_reclaim(self.started_at, duration, now))
+            .then(|| seen.observer.unchanged_for(now))
     }
 
     /// Running items per namespace with no progress for their queue's stallSeconds.
@@ -623,11 +669,18 @@ impl Supervisor {
             return (None, None);
         };
         let key = (ns.to_owned(), lease);
+        let pool_says = self.pool_lease_seconds(&key);
         let (since, duration) = match self.lock_leases().get(&key) {
-            Some(seen) => (seen.observer.last_change_seen_at(), seen.duration),
+            Some(seen) => (
+                seen.observer.last_change_seen_at(),
+                pool_says.unwrap_or(seen.duration),
+            ),
             None => {
                 let since = *self.lock_missing().entry(key).or_insert(now);
-                (since, DEFAULT_LEASE + MISSING_LEASE_MARGIN)
+                (
+                    since,
+                    pool_says.unwrap_or(DEFAULT_LEASE) + MISSING_LEASE_MARGIN,
+                )
             }
         };
         let stale_at = since

@@ -6,15 +6,17 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
-use triad::api::{OutcomeKind, Phase, WorkItem, WorkQueue, find_condition};
+use triad::api::{AgentPool, OutcomeKind, Phase, WorkItem, WorkQueue, find_condition};
 use triad::core::supervision::{StopEnd, conditions, requested_stop};
 use triad::k8s::fence::{AgentIdentity, Fence, FenceError, claim, complete_ops, fenced_patch, set};
 use triad::k8s::lease::AgentLease;
 
 use crate::scheduler::start_scheduler;
-use crate::support::{Role, TestNamespace, create, metric_value, start_role, wait_for};
+use crate::support::{
+    PRIVILEGED, Role, TestNamespace, agent_pod_spec, create, metric_value, start_role, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(40);
 const LEASE: Duration = Duration::from_secs(3);
@@ -705,4 +707,67 @@ async fn an_unhealthy_agent_pod_loses_only_its_own_items() {
             .then_some(())
     })
     .await;
+}
+
+/// An agent's Lease says of itself how long it lives, but its holder writes that. The
+/// supervisor judges it by the pool's `leaseSeconds`: a Lease rewritten to 1 s (by an
+/// admin here; the agent admission policy refuses it to agents) does not get a healthy
+/// agent that renews every 3 s fenced out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_lease_is_judged_by_its_pools_lease_seconds_not_by_what_it_says() {
+    let ns = TestNamespace::new("sup-poollease").await;
+    let _roles = [Role::Scheduler, Role::Pools, Role::Supervisor].map(|r| start_role(&ns, r));
+    create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
+    create::<AgentPool>(
+        &ns,
+        json!({"metadata": {"name": "p"}, "spec": {
+            "queues": [{"name": "q"}], "replicas": 1, "leaseSeconds": 9, "podSecurity": PRIVILEGED,
+            "template": {"spec": agent_pod_spec("sleep 15", json!([]))}}}),
+    )
+    .await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let lease = wait_for(LONG, "the item claimed under a Lease", || async {
+        let i = items.get("w").await.ok()?;
+        (i.phase() == Some(Phase::Running)).then_some(())?;
+        i.status?.claim?.lease
+    })
+    .await;
+    let leases: Api<Lease> = ns.api();
+    let short = json!({"spec": {"leaseDurationSeconds": 1}});
+    leases
+        .patch(&lease, &PatchParams::default(), &Patch::Merge(&short))
+        .await
+        .expect("shorten the Lease");
+    let done = wait_for(LONG, "the item finished", || async {
+        let i = items.get("w").await.ok()?;
+        matches!(
+            i.phase(),
+            Some(Phase::Succeeded | Phase::Backoff | Phase::Failed)
+        )
+        .then_some(i)
+    })
+    .await;
+    let phase = done.phase();
+    let status = done.status.expect("status");
+    assert_eq!(
+        (phase, status.attempt),
+        (Some(Phase::Succeeded), 1),
+        "the agent kept its item: {status:?}"
+    );
+    assert!(
+        status.interventions.iter().all(|i| i.action != "FenceOut"),
+        "no fence-out: {:?}",
+        status.interventions
+    );
+    let lease = leases.get(&lease).await.expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.lease_duration_seconds),
+        Some(1),
+        "the Lease still says 1 s (the test shortened it for the whole attempt)"
+    );
 }
