@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Config, ResourceExt};
 use rand::Rng;
 use serde_json::{Value, json};
 use triad::api::{OutcomeKind, Phase, WorkItem};
@@ -456,6 +456,562 @@ exit 0"#;
     Ok(out)
 }
 
+/// `helm template` of the chart's agent admission policies (templates/agent-policy.yaml,
+/// bound to every namespace as a default install binds them), applied with kubectl
+/// before the operator and the agents start: the run shows the policies do not hinder
+/// legitimate agents, and the misbehaving agent runs into them. Returns kubectl's lines.
+async fn install_agent_policy(kubeconfig: &Path, ns: &str) -> anyhow::Result<Vec<String>> {
+    use std::process::{Command, Stdio};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let helm = match std::env::var("TRIAD_HELM") {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg("source hack/lib.sh >/dev/null && need_tools helm >&2 && command -v helm")
+                .current_dir(&root)
+                .output()?;
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            anyhow::ensure!(
+                out.status.success() && !path.is_empty(),
+                "helm not found: run `make tools` (or set TRIAD_HELM)"
+            );
+            PathBuf::from(path)
+        }
+    };
+    let out = Command::new(&helm)
+        .args(["template", "triad", "charts/triad", "--namespace", ns])
+        .args(["--show-only", "templates/agent-policy.yaml"])
+        .current_dir(&root)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubectl = std::env::var("TRIAD_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("kubectl has no stdin"))?;
+        stdin.write_all(&out.stdout)?;
+    }
+    let applied = child.wait_with_output()?;
+    anyhow::ensure!(
+        applied.status.success(),
+        "kubectl apply of the agent policy failed: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    Ok(String::from_utf8_lossy(&applied.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The misbehaving agent's writes, one name per kind of attack.
+const ATTACKS: [&str; 11] = [
+    // A Queued (or status-less) item claimed and completed in one write, result forged.
+    "claim_and_complete",
+    // Another agent's Running item: set Succeeded with a forged result.
+    "complete_foreign",
+    // Another agent's Running item claimed as itself with the next epoch.
+    "steal_running",
+    // Another agent's Running item: usage rewritten to zero.
+    "usage_down_foreign",
+    // Another agent's Running item: a budget extension granted.
+    "budget_extension_foreign",
+    // Another agent's Running item: the attempt number lowered.
+    "attempt_foreign",
+    // A Succeeded item (one the bound pod completed itself when there is one): result
+    // rewritten.
+    "write_finished",
+    // Another agent's Lease taken over (holderIdentity).
+    "lease_foreign_holder",
+    // Another agent's Lease shortened to 1 s (leaseDurationSeconds).
+    "lease_foreign_duration",
+    // Its own Lease shortened to 1 s.
+    "lease_own_duration",
+    // An item with dependsOn that the scheduler never queued (the invalid input
+    // `bad-cyc-a`, in a dependency cycle) claimed as itself.
+    "claim_waiting_dependency",
+];
+
+#[derive(Default, Debug, Clone)]
+struct AttackStats {
+    /// Answered by the API server: refused + refused_other + accepted.
+    tried: usize,
+    /// 403 from the agent admission policy.
+    refused: usize,
+    /// Refused by anything else (RBAC, schema, a missing object).
+    refused_other: usize,
+    accepted: usize,
+    /// No answer from admission: the API server was down (restart fault), or the token's
+    /// pod had been deleted (401: a new token is requested).
+    no_answer: usize,
+    /// Refusals by the rule their message names.
+    rules: BTreeMap<String, usize>,
+    example: Option<String>,
+}
+
+/// What answered one attack.
+enum Answer {
+    Answered,
+    Unauthorized,
+    Missing,
+}
+
+/// The rule a policy refusal names ("rule claim", ...; the first validation has no
+/// rule name and is named after its message).
+fn rule_of(message: &str) -> String {
+    if let Some(i) = message.find("rule ") {
+        let rest = &message[i..];
+        return rest.split(':').next().unwrap_or(rest).trim().to_owned();
+    }
+    for (needle, name) in [
+        ("may only change items it holds", "holder-only"),
+        (
+            "may claim this Queued item only as itself",
+            "claim-as-itself",
+        ),
+        ("may not change the claim", "claim-unchanged"),
+        ("must use a pod-bound", "pod-bound-token"),
+    ] {
+        if message.contains(needle) {
+            return name.into();
+        }
+    }
+    message.chars().take(60).collect()
+}
+
+/// A process with a real agent identity (the pool's service account, a token bound to
+/// one of the pool's running agent pods) that, while the chaos load runs, tries the
+/// writes the agent admission policy must refuse. Reads go through the same token, as
+/// a compromised agent's would.
+struct Attacker {
+    admin: Client,
+    kubeconfig: PathBuf,
+    ns: String,
+    pool: String,
+    /// The pod the token is bound to: the agent this process passes for.
+    me: String,
+    client: Option<Client>,
+    tokens: usize,
+    bound_pods: Vec<String>,
+    stats: BTreeMap<&'static str, AttackStats>,
+    findings: Vec<String>,
+}
+
+impl Attacker {
+    fn new(admin: &Client, kubeconfig: &Path, ns: &str, pool: &str) -> Self {
+        Self {
+            admin: admin.clone(),
+            kubeconfig: kubeconfig.into(),
+            ns: ns.into(),
+            pool: pool.into(),
+            me: String::new(),
+            client: None,
+            tokens: 0,
+            bound_pods: Vec::new(),
+            stats: ATTACKS
+                .iter()
+                .map(|k| (*k, AttackStats::default()))
+                .collect(),
+            findings: Vec::new(),
+        }
+    }
+
+    /// A token (TokenRequest) for `triad-agent-<pool>` bound to a running, ready agent
+    /// pod of the pool, and a client that authenticates with it alone.
+    async fn bind(&mut self) -> anyhow::Result<()> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+        self.client = None;
+        let pods: Vec<Pod> = pool_pods(&self.admin, &self.ns, &self.pool)
+            .await?
+            .into_iter()
+            .filter(pod_ready)
+            .collect();
+        anyhow::ensure!(!pods.is_empty(), "no ready agent pod to bind a token to");
+        let pod = pods[rand::rng().random_range(0..pods.len())].clone();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(3600),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name.clone()),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let account = triad::pool::template::agent_account(&self.pool);
+        let token = Api::<ServiceAccount>::namespaced(self.admin.clone(), &self.ns)
+            .create_token_request(&account, &PostParams::default(), &request)
+            .await?
+            .status
+            .ok_or_else(|| anyhow::anyhow!("token request without status"))?
+            .token;
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        config.read_timeout = Some(Duration::from_secs(20));
+        self.client = Some(Client::try_from(config)?);
+        self.tokens += 1;
+        if !self.bound_pods.contains(&name) {
+            self.bound_pods.push(name.clone());
+        }
+        log(format!(
+            "misbehaving agent: token of {account} bound to pod {name}"
+        ));
+        self.me = name;
+        Ok(())
+    }
+
+    /// Counts one attack's answer.
+    fn record<T>(&mut self, kind: &'static str, target: &str, r: kube::Result<T>) -> Answer {
+        let s = self.stats.entry(kind).or_default();
+        match r {
+            Ok(_) => {
+                s.tried += 1;
+                s.accepted += 1;
+                let f = format!(
+                    "{kind} on {target} as {} was ACCEPTED by the API server",
+                    self.me
+                );
+                log(format!("misbehaving agent: {f}"));
+                self.findings.push(f);
+                Answer::Answered
+            }
+            Err(kube::Error::Api(e)) if e.code == 401 => {
+                s.no_answer += 1;
+                Answer::Unauthorized
+            }
+            Err(kube::Error::Api(e)) if e.code >= 500 || e.code == 429 => {
+                s.no_answer += 1;
+                Answer::Missing
+            }
+            Err(kube::Error::Api(e)) => {
+                s.tried += 1;
+                if e.code == 403 && e.message.contains("ValidatingAdmissionPolicy") {
+                    s.refused += 1;
+                    *s.rules.entry(rule_of(&e.message)).or_default() += 1;
+                } else {
+                    s.refused_other += 1;
+                    *s.rules
+                        .entry(format!("{} {}", e.code, e.reason))
+                        .or_default() += 1;
+                }
+                if s.example.is_none() {
+                    s.example = Some(format!("{} {}", e.code, e.message));
+                }
+                Answer::Answered
+            }
+            Err(_) => {
+                s.no_answer += 1;
+                Answer::Missing
+            }
+        }
+    }
+
+    /// Waits until the policy refuses a claim-and-complete (a dry run, on an item no
+    /// agent serves): the API server loads a new policy a moment after it is created.
+    /// Returns the seconds it took.
+    async fn wait_enforced(&mut self, timeout: Duration) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let admin_items: Api<WorkItem> = Api::namespaced(self.admin.clone(), &self.ns);
+        let probe: WorkItem = serde_json::from_value(json!({
+            "metadata": {"name": "attack-probe"}, "spec": {"queue": "nopool"}}))?;
+        match admin_items.create(&PostParams::default(), &probe).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        loop {
+            if self.client.is_none() {
+                let _ = self.bind().await;
+            }
+            if let Some(c) = &self.client {
+                let items: Api<WorkItem> = Api::namespaced(c.clone(), &self.ns);
+                let body = json!({"status": {"phase": "Succeeded", "attempt": 1,
+                    "claim": {"agent": self.me, "epoch": 1}, "result": {"forgedBy": self.me}}});
+                match items
+                    .patch_status(
+                        "attack-probe",
+                        &PatchParams::default().dry_run(),
+                        &Patch::Merge(&body),
+                    )
+                    .await
+                {
+                    Err(kube::Error::Api(e))
+                        if e.code == 403 && e.message.contains("ValidatingAdmissionPolicy") =>
+                    {
+                        log(format!(
+                            "agent policy in force: {}",
+                            e.message.chars().take(160).collect::<String>()
+                        ));
+                        return Ok(t0.elapsed().as_secs_f64());
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 401 => self.client = None,
+                    _ => {}
+                }
+            }
+            anyhow::ensure!(
+                t0.elapsed() < timeout,
+                "the agent admission policy refused nothing within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// One round: every attack once on a target picked from what the token can read.
+    async fn round(&mut self) {
+        use k8s_openapi::api::coordination::v1::Lease;
+        if self.client.is_none()
+            && let Err(e) = self.bind().await
+        {
+            log(format!("misbehaving agent: no token this round: {e}"));
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let me = self.me.clone();
+        let items: Api<WorkItem> = Api::namespaced(client.clone(), &self.ns);
+        let leases: Api<Lease> = Api::namespaced(client, &self.ns);
+        let list = match items
+            .list(
+                &ListParams::default()
+                    .labels("chaos.triad.dev/run=main")
+                    .match_any(),
+            )
+            .await
+        {
+            Ok(l) => l.items,
+            Err(kube::Error::Api(e)) if e.code == 401 => {
+                self.client = None;
+                return;
+            }
+            Err(_) => return,
+        };
+        let phase = |i: &WorkItem| i.status.as_ref().and_then(|s| s.phase);
+        let holder = |i: &WorkItem| {
+            i.status
+                .as_ref()
+                .and_then(|s| s.claim.as_ref())
+                .map(|c| c.agent.clone())
+        };
+        let queued: Vec<&WorkItem> = list
+            .iter()
+            .filter(|i| matches!(phase(i), None | Some(Phase::Queued)))
+            .collect();
+        let foreign: Vec<&WorkItem> = list
+            .iter()
+            .filter(|i| {
+                phase(i) == Some(Phase::Running)
+                    && holder(i).is_some_and(|h| h != me)
+                    && i.status.as_ref().is_some_and(|s| s.outcome.is_none())
+            })
+            .collect();
+        let finished: Vec<&WorkItem> = list
+            .iter()
+            .filter(|i| phase(i) == Some(Phase::Succeeded))
+            .collect();
+        let mine_finished: Vec<&WorkItem> = finished
+            .iter()
+            .copied()
+            .filter(|i| holder(i).as_deref() == Some(me.as_str()))
+            .collect();
+        fn pick<'a>(v: &[&'a WorkItem]) -> Option<&'a WorkItem> {
+            (!v.is_empty()).then(|| v[rand::rng().random_range(0..v.len())])
+        }
+        let epoch_attempt = |i: &WorkItem| {
+            let s = i.status.clone().unwrap_or_default();
+            (s.claim.map(|c| c.epoch).unwrap_or(0), s.attempt)
+        };
+        let pp = PatchParams::default();
+        let mut writes: Vec<(&'static str, String, Value)> = Vec::new();
+        if let Some(i) = pick(&queued) {
+            let (e, a) = epoch_attempt(i);
+            writes.push((
+                "claim_and_complete",
+                i.name_any(),
+                json!({"status": {"phase": "Succeeded", "attempt": a + 1,
+                    "claim": {"agent": me, "pod": me, "epoch": e + 1},
+                    "result": {"forgedBy": me}}}),
+            ));
+        }
+        if let Some(i) = pick(&foreign) {
+            writes.push((
+                "complete_foreign",
+                i.name_any(),
+                json!({"status": {"phase": "Succeeded", "result": {"forgedBy": me}}}),
+            ));
+        }
+        if let Some(i) = pick(&foreign) {
+            let (e, a) = epoch_attempt(i);
+            writes.push((
+                "steal_running",
+                i.name_any(),
+                json!({"status": {"phase": "Running", "attempt": a + 1,
+                    "claim": {"agent": me, "pod": me, "epoch": e + 1}}}),
+            ));
+        }
+        if let Some(i) = pick(&foreign) {
+            let usage: serde_json::Map<String, Value> = i
+                .status
+                .as_ref()
+                .map(|s| s.usage.keys().map(|k| (k.clone(), json!(0))).collect())
+                .unwrap_or_default();
+            let usage = if usage.is_empty() {
+                json!({"wallSeconds": 0})
+            } else {
+                Value::Object(usage)
+            };
+            writes.push((
+                "usage_down_foreign",
+                i.name_any(),
+                json!({"status": {"usage": usage}}),
+            ));
+        }
+        if let Some(i) = pick(&foreign) {
+            writes.push((
+                "budget_extension_foreign",
+                i.name_any(),
+                json!({"status": {"budgetExtension": {"wallSeconds": 1e9}}}),
+            ));
+        }
+        if let Some(i) = pick(&foreign) {
+            let (_, a) = epoch_attempt(i);
+            writes.push((
+                "attempt_foreign",
+                i.name_any(),
+                json!({"status": {"attempt": (a - 1).max(0)}}),
+            ));
+        }
+        if let Some(i) = pick(&mine_finished).or_else(|| pick(&finished)) {
+            writes.push((
+                "write_finished",
+                i.name_any(),
+                json!({"status": {"result": {"forgedBy": me}}}),
+            ));
+        }
+        // The dependency-cycle item of the invalid inputs: dependsOn, never queued.
+        let admin_items: Api<WorkItem> = Api::namespaced(self.admin.clone(), &self.ns);
+        if let Ok(Some(i)) = admin_items.get_opt("bad-cyc-a").await {
+            let (e, a) = epoch_attempt(&i);
+            writes.push((
+                "claim_waiting_dependency",
+                i.name_any(),
+                json!({"status": {"phase": "Running", "attempt": a + 1,
+                    "claim": {"agent": me, "pod": me, "epoch": e + 1}}}),
+            ));
+        }
+        for (kind, name, body) in writes {
+            let r = items.patch_status(&name, &pp, &Patch::Merge(&body)).await;
+            if let Answer::Unauthorized = self.record(kind, &name, r) {
+                self.client = None;
+                return;
+            }
+        }
+        // Leases: another agent's (holder, duration) and its own (duration).
+        let own = format!("triad-agent-{me}");
+        let prefix = format!("triad-agent-{}-", self.pool);
+        let others: Vec<String> = match leases.list(&ListParams::default().match_any()).await {
+            Ok(l) => l
+                .items
+                .iter()
+                .map(|l| l.name_any())
+                .filter(|n| n.starts_with(&prefix) && *n != own)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut lease_writes: Vec<(&'static str, String, Value)> = Vec::new();
+        if !others.is_empty() {
+            let other = others[rand::rng().random_range(0..others.len())].clone();
+            lease_writes.push((
+                "lease_foreign_holder",
+                other.clone(),
+                json!({"spec": {"holderIdentity": me}}),
+            ));
+            lease_writes.push((
+                "lease_foreign_duration",
+                other,
+                json!({"spec": {"leaseDurationSeconds": 1}}),
+            ));
+        }
+        lease_writes.push((
+            "lease_own_duration",
+            own,
+            json!({"spec": {"leaseDurationSeconds": 1}}),
+        ));
+        for (kind, name, body) in lease_writes {
+            let r = leases.patch(&name, &pp, &Patch::Merge(&body)).await;
+            if let Answer::Unauthorized = self.record(kind, &name, r) {
+                self.client = None;
+                return;
+            }
+        }
+    }
+
+    fn totals(&self) -> (usize, usize, usize, usize) {
+        self.stats.values().fold((0, 0, 0, 0), |t, s| {
+            (
+                t.0 + s.tried,
+                t.1 + s.refused,
+                t.2 + s.refused_other,
+                t.3 + s.accepted,
+            )
+        })
+    }
+
+    fn report(&self) -> Value {
+        let (tried, refused, refused_other, accepted) = self.totals();
+        let by_kind: serde_json::Map<String, Value> = self
+            .stats
+            .iter()
+            .map(|(k, s)| {
+                (
+                    (*k).to_owned(),
+                    json!({"tried": s.tried, "refused": s.refused,
+                        "refused_other": s.refused_other, "accepted": s.accepted,
+                        "no_answer": s.no_answer, "refused_by_rule": s.rules,
+                        "example": s.example}),
+                )
+            })
+            .collect();
+        json!({
+            "tried": tried,
+            "refused": refused,
+            "refused_other": refused_other,
+            "accepted": accepted,
+            "by_kind": by_kind,
+            "kinds_not_tried": self.stats.iter().filter(|(_, s)| s.tried == 0).map(|(k, _)| *k).collect::<Vec<_>>(),
+            "tokens_requested": self.tokens,
+            "bound_pods": self.bound_pods,
+            "findings": self.findings,
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
     DeletePod,
@@ -483,6 +1039,8 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
     let client = client(&a.kubeconfig).await?;
     let ns = a.namespace.as_str();
     prepare(&client, ns).await?;
+    log("installing the chart's agent admission policies");
+    let policy_applied = install_agent_policy(&a.kubeconfig, ns).await?;
     for (q, extra) in [
         (
             "q",
@@ -525,6 +1083,10 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
     mount_host_path(&mut pool, &worklog, "File");
     apply(&client, ns, pool).await?;
     wait_pool_ready(&client, ns, "chaos", a.agents, Duration::from_secs(180)).await?;
+    // The misbehaving agent: a real agent token; the policy must be in force before any
+    // item exists, so every legitimate claim and completion of the run passes through it.
+    let mut attacker = Attacker::new(&client, &a.kubeconfig, ns, "chaos");
+    let policy_in_force_s = attacker.wait_enforced(Duration::from_secs(90)).await?;
 
     log("invalid input");
     let mut invalid = invalid_inputs(&client, ns).await;
@@ -559,6 +1121,19 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
                 .buffer_unordered(16)
                 .collect::<Vec<_>>()
                 .await;
+        })
+    };
+
+    // The misbehaving agent attacks in rounds, every 2 s, until the faults stop.
+    let stop_attacks = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacks = {
+        let stop = stop_attacks.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                attacker.round().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            attacker
         })
     };
 
@@ -752,6 +1327,10 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(a.interval)).await;
     }
     let _ = creator.await;
+    stop_attacks.store(true, std::sync::atomic::Ordering::Relaxed);
+    let attacker = attacks.await?;
+    let (attacks_tried, attacks_refused, attacks_refused_other, attacks_accepted) =
+        attacker.totals();
     // Let stragglers finish without faults.
     let settle = Instant::now()
         + Duration::from_secs(if succeeded * 100 >= a.items * 95 {
@@ -777,6 +1356,8 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
     let mut succeeded = 0;
     let mut double = Vec::new();
     let mut attempts_total = 0i64;
+    // Items whose result carries the misbehaving agent's mark: a forged write got in.
+    let mut forged = Vec::new();
     for i in &list.items {
         let st = i.status.clone().unwrap_or_default();
         let ph = st
@@ -788,6 +1369,9 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
             succeeded += 1;
         }
         attempts_total += st.attempt as i64;
+        if serde_json::to_string(&st.result).is_ok_and(|r| r.contains("forgedBy")) {
+            forged.push(i.name_any());
+        }
         let wins = st
             .attempts
             .iter()
@@ -847,6 +1431,18 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         "invalid_inputs_tried": invalid.len(),
         "invalid_inputs_rejected": inv_ok,
         "invalid_inputs": invalid.iter().map(|(w, ok, m)| json!({"input": w, "rejected_or_surfaced": ok, "message": m})).collect::<Vec<_>>(),
+        "agent_policy": {
+            "installed": policy_applied,
+            "from": "helm template charts/triad --show-only templates/agent-policy.yaml (bound to every namespace), applied before the operator and the agents start",
+            "in_force_after_s": round(policy_in_force_s, 1),
+        },
+        "attacks_tried": attacks_tried,
+        "attacks_refused": attacks_refused,
+        "attacks_refused_other": attacks_refused_other,
+        "attacks_accepted": attacks_accepted,
+        "attacks": attacker.report(),
+        "items_with_forged_result": forged,
+        "attacker_is": "a task of the driver with a TokenRequest token of the pool's service account triad-agent-chaos, bound to a running agent pod of the pool (a new token when that pod is deleted); every 2 s while the faults run it reads items and Leases with that token and tries each attack once on a random target, with real (not dry-run) merge patches",
         "controller_crashes": roles.crashes,
         "controller_exits": roles.exits,
         "max_recovery_s": round(max_rec, 1),
@@ -872,6 +1468,9 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         "apiserver_restarts",
         "invalid_inputs_tried",
         "invalid_inputs_rejected",
+        "attacks_tried",
+        "attacks_refused",
+        "attacks_accepted",
         "controller_crashes",
         "max_recovery_s",
         "seconds",
@@ -886,11 +1485,31 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
             m.chars().take(110).collect::<String>()
         );
     }
+    for (k, s) in &attacker.stats {
+        let rules = s
+            .rules
+            .iter()
+            .map(|(r, n)| format!("{r} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "  attack {k:<26} tried {:>3} refused {:>3} other {:>2} accepted {} ({rules})",
+            s.tried, s.refused, s.refused_other, s.accepted
+        );
+    }
+    for f in &attacker.findings {
+        println!("  FINDING: {f}");
+    }
     drop(roles);
     anyhow::ensure!(
-        lost == 0 && double.is_empty(),
-        "chaos targets missed: lost {lost}, double_completed {}",
-        double.len()
+        lost == 0 && double.is_empty() && attacks_accepted == 0 && forged.is_empty(),
+        "chaos targets missed: lost {lost}, double_completed {}, attacks accepted {attacks_accepted}, items with a forged result {}",
+        double.len(),
+        forged.len()
+    );
+    anyhow::ensure!(
+        attacks_tried > 0,
+        "the misbehaving agent got no attack answered"
     );
     Ok(())
 }
