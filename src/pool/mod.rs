@@ -120,6 +120,8 @@ pub struct Context {
     pub pools: Store<AgentPool>,
     /// Triad's image, for the agent and runner-installer containers.
     pub agent_image: String,
+    /// The agents' ClusterRole that each pool's RoleBinding grants.
+    pub agent_cluster_role: String,
     memory: Mutex<HashMap<String, reconcile::PoolMemory>>,
 }
 
@@ -234,6 +236,7 @@ pub async fn run(role: RoleContext) -> crate::Result<()> {
         queues,
         pools: store,
         agent_image: template::default_agent_image(),
+        agent_cluster_role: rbac::agent_cluster_role_name(),
         memory: Mutex::default(),
     });
     let controller = controller

@@ -1,13 +1,20 @@
-//! The agents' identity: a ServiceAccount, a Role and a RoleBinding per pool, in the
-//! pool's namespace and owned by it. The Role grants exactly what the agent runtime
-//! does (read items and queues, write item status under the fence, hold a Lease,
-//! publish Events) and nothing else: agents cannot create pods, read Secrets or touch
-//! any other pool's objects beyond reading the namespace's items.
+//! The agents' identity: per pool, a ServiceAccount and a RoleBinding in the pool's
+//! namespace, owned by the pool, binding the chart's agents' ClusterRole (`rules()`;
+//! the chart's copy is checked against it). That role grants exactly what the agent
+//! runtime does (read items and queues, write item status under the fence and the agent
+//! admission policy, hold its Lease, publish Events) and nothing else: agents cannot
+//! create pods, read Secrets or touch any other pool's objects beyond reading the
+//! namespace's items.
+//!
+//! The pools controller binds that ClusterRole (it holds `bind` on it) rather than
+//! holding its rules: Kubernetes lets a controller grant only what it holds otherwise,
+//! and a controller that could write every item's status and every Lease is what the
+//! agent policy exists to prevent.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
@@ -72,22 +79,43 @@ pub fn rules() -> Vec<PolicyRule> {
     ]
 }
 
-pub fn role(pool: &AgentPool) -> Role {
-    Role {
-        metadata: meta(pool),
+/// The agents' ClusterRole when the chart does not name it (`TRIAD_AGENT_CLUSTER_ROLE`).
+pub const DEFAULT_AGENT_CLUSTER_ROLE: &str = "triad-agent";
+
+/// The agents' ClusterRole, as the chart names it, or [`DEFAULT_AGENT_CLUSTER_ROLE`].
+pub fn agent_cluster_role_name() -> String {
+    std::env::var("TRIAD_AGENT_CLUSTER_ROLE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_AGENT_CLUSTER_ROLE.to_owned())
+}
+
+/// The agents' ClusterRole itself: what the chart ships (and what a cluster without
+/// the chart, such as the tests', is given).
+pub fn agent_cluster_role(name: &str) -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/component".to_owned(),
+                "triad-agent".to_owned(),
+            )])),
+            ..Default::default()
+        },
         rules: Some(rules()),
+        ..Default::default()
     }
 }
 
-/// Binds the Role to the account the agents actually run as: the per-pool one, or the
-/// one the template names.
-pub fn role_binding(pool: &AgentPool, service_account: &str) -> RoleBinding {
+/// Binds the agents' ClusterRole, in the pool's namespace only, to the account its
+/// agents run as.
+pub fn role_binding(pool: &AgentPool, service_account: &str, cluster_role: &str) -> RoleBinding {
     RoleBinding {
         metadata: meta(pool),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: agent_account(&pool.name_any()),
+            kind: "ClusterRole".into(),
+            name: cluster_role.into(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -117,16 +145,18 @@ mod tests {
         let p = pool();
         for m in [
             service_account(&p).metadata,
-            role(&p).metadata,
-            role_binding(&p, "x").metadata,
+            role_binding(&p, "x", "r").metadata,
         ] {
             assert_eq!(m.name.as_deref(), Some("triad-agent-w"));
             assert_eq!(m.namespace.as_deref(), Some("ns"));
             let o = &m.owner_references.unwrap()[0];
             assert_eq!((o.uid.as_str(), o.controller), ("u", Some(true)));
         }
-        let b = role_binding(&p, "custom");
-        assert_eq!(b.role_ref.name, "triad-agent-w");
+        let b = role_binding(&p, "custom", "release-triad-agent");
+        assert_eq!(
+            (b.role_ref.kind.as_str(), b.role_ref.name.as_str()),
+            ("ClusterRole", "release-triad-agent")
+        );
         let s = &b.subjects.unwrap()[0];
         assert_eq!(
             (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()),

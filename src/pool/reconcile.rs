@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -155,11 +155,7 @@ pub(super) async fn reconcile(pool: Arc<AgentPool>, ctx: Arc<Context>) -> crate:
                     m.rbac = Some((clock, account.clone()));
                 }
             }
-            Err(e) => {
-                create_error = Some(format!(
-                    "applying the agents' ServiceAccount, Role and RoleBinding: {e}"
-                ))
-            }
+            Err(e) => create_error = Some(format!("the agents' identity: {e}")),
         }
     }
 
@@ -362,31 +358,90 @@ fn service_account(pool: &AgentPool, blueprint: &Result<Blueprint, TemplateError
     }
 }
 
+/// Applies the pool's agent identity: its ServiceAccount, then the RoleBinding that grants
+/// it the agents' ClusterRole. Server-side apply without `force`: a same-named object
+/// that this pool does not own (someone's own ServiceAccount, say) is reported and left
+/// as it is, never taken over. Errors are messages for the pool's status.
 async fn apply_rbac(
     ctx: &Context,
     pool: &AgentPool,
     ns: &str,
     account: &str,
-) -> Result<(), kube::Error> {
-    let pp = PatchParams::apply(managers::POOLS).force();
+) -> Result<(), String> {
+    let pp = PatchParams::apply(managers::POOLS);
     let name = template::agent_account(&pool.name_any());
+    let pool_uid = pool.uid().unwrap_or_default();
     let sa: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    let existing = sa.get_opt(&name).await.map_err(|e| api_message(&e))?;
+    check_owned(
+        existing.as_ref(),
+        &pool_uid,
+        "ServiceAccount",
+        &name,
+        &pool.name_any(),
+    )?;
     sa.patch(&name, &pp, &Patch::Apply(&rbac::service_account(pool)))
-        .await?;
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), ns);
-    roles
-        .patch(&name, &pp, &Patch::Apply(&rbac::role(pool)))
-        .await?;
+        .await
+        .map_err(|e| format!("applying ServiceAccount {name}: {}", api_message(&e)))?;
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), ns);
+    let want = rbac::role_binding(pool, account, &ctx.agent_cluster_role);
+    let existing = bindings.get_opt(&name).await.map_err(|e| api_message(&e))?;
+    check_owned(
+        existing.as_ref(),
+        &pool_uid,
+        "RoleBinding",
+        &name,
+        &pool.name_any(),
+    )?;
+    if let Some(old) = existing.filter(|b| b.role_ref != want.role_ref) {
+        // roleRef is immutable: an earlier Triad bound a per-pool Role, or the chart's
+        // agent ClusterRole was renamed. Replace our own binding.
+        info!(binding = %name, from = ?old.role_ref.name, to = %want.role_ref.name, "replacing the agents' RoleBinding");
+        let dp = DeleteParams {
+            preconditions: old.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match bindings.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(format!("replacing RoleBinding {name}: {}", api_message(&e))),
+        }
+    }
     bindings
-        .patch(
-            &name,
-            &pp,
-            &Patch::Apply(&rbac::role_binding(pool, account)),
-        )
-        .await?;
+        .patch(&name, &pp, &Patch::Apply(&want))
+        .await
+        .map_err(|e| format!("applying RoleBinding {name}: {}", api_message(&e)))?;
     debug!(account, "applied agent RBAC");
     Ok(())
+}
+
+/// Refuses an existing object that the pool does not control.
+fn check_owned<K: Resource>(
+    existing: Option<&K>,
+    pool_uid: &str,
+    kind: &str,
+    name: &str,
+    pool: &str,
+) -> Result<(), String> {
+    let Some(obj) = existing else { return Ok(()) };
+    let ours = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == pool_uid);
+    if ours {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} {name} exists and is not owned by AgentPool {pool}; Triad does not take \
+             over objects it did not create: delete or rename it, then the pool's agents \
+             get their identity"
+        ))
+    }
 }
 
 fn api_message(e: &kube::Error) -> String {

@@ -777,12 +777,41 @@ async fn split_roles_get_least_privilege_rbac() {
             elsewhere,
             false,
         ),
+        // The pools role binds the agents' ClusterRole; it holds none of its writes.
+        (
+            &pools,
+            "create",
+            "rolebindings.rbac.authorization.k8s.io",
+            elsewhere,
+            true,
+        ),
         (
             &pools,
             "create",
             "roles.rbac.authorization.k8s.io",
             elsewhere,
-            true,
+            false,
+        ),
+        (
+            &pools,
+            "patch",
+            "workitems.triad.dev/status",
+            elsewhere,
+            false,
+        ),
+        (
+            &pools,
+            "update",
+            "leases.coordination.k8s.io",
+            elsewhere,
+            false,
+        ),
+        (
+            &pools,
+            "create",
+            "leases.coordination.k8s.io",
+            elsewhere,
+            false,
         ),
         (
             &sched,
@@ -818,33 +847,146 @@ async fn split_roles_get_least_privilege_rbac() {
     }
     assert!(wrong.is_empty(), "RBAC mismatches:\n{}", wrong.join("\n"));
 
-    // The pools role must hold every permission it grants agents (Kubernetes refuses
-    // to let it create a Role with more), checked against src/pool/rbac.rs.
-    for rule in triad::pool::rbac::rules() {
-        for group in rule.api_groups.unwrap_or_default() {
-            for resource in rule.resources.clone().unwrap_or_default() {
-                let (res, sub) = match resource.split_once('/') {
-                    Some((r, s)) => (r.to_owned(), Some(s.to_owned())),
-                    None => (resource.clone(), None),
-                };
-                let full = if group.is_empty() {
-                    res
-                } else {
-                    format!("{res}.{group}")
-                };
-                let full = match sub {
-                    Some(s) => format!("{full}/{s}"),
-                    None => full,
-                };
-                for verb in &rule.verbs {
-                    assert!(
-                        can_i(&release, &pools, verb, &full, elsewhere),
-                        "the pools role cannot {verb} {full}, which it grants to agents"
-                    );
+    // The agents' ClusterRole in the chart is the one the code means (src/pool/rbac.rs).
+    let agent_role = format!("{prefix}-agent");
+    let shipped = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == agent_role.as_str())
+        .expect("the chart ships the agents' ClusterRole");
+    let shipped: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_json::from_value(shipped.clone()).expect("a ClusterRole");
+    assert_eq!(
+        grants(&shipped.rules.unwrap_or_default()),
+        grants(&triad::pool::rbac::rules()),
+        "charts/triad/templates/rbac.yaml and src/pool/rbac.rs disagree on the agents' rules"
+    );
+    // The pools role may grant exactly that ClusterRole, by binding it, and nothing
+    // more: the API server's escalation check refuses a binding to any other role.
+    let bind = |role: &str| {
+        kubectl(&[
+            "create",
+            "rolebinding",
+            "triad-agent-x",
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={elsewhere}:triad-agent-x"),
+            "-n",
+            elsewhere,
+            "--dry-run=server",
+            "--as",
+            &format!("system:serviceaccount:{release}:{pools}"),
+        ])
+    };
+    let granted = bind(&agent_role);
+    assert!(
+        granted.status.success(),
+        "the pools role binds the agents' ClusterRole: {}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    for other in ["cluster-admin", "edit", &format!("{prefix}-supervisor")] {
+        let refused = bind(other);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("forbidden"),
+            "the pools role must not grant {other}: {stderr}"
+        );
+    }
+}
+
+/// `group/resource:verb` for every grant in `rules`, sorted.
+fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    out.push(format!("{g}/{res}:{v}"));
                 }
             }
         }
     }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// With `watchNamespace`, every role's RBAC is a Role and RoleBinding in that
+/// namespace: Triad's identities can do their work there and nothing anywhere else.
+#[tokio::test]
+async fn watch_namespace_scopes_every_roles_rbac_to_it() {
+    let ns = TestNamespace::new("rbac-scoped").await;
+    let release = ns.name.clone();
+    let watched = &ns.name;
+    let rendered = render(
+        &release,
+        &[
+            "--set",
+            "roles.split=true",
+            "--set",
+            &format!("watchNamespace={watched}"),
+        ],
+    );
+    let docs = documents(&rendered);
+    let cluster_wide: Vec<String> = docs
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some("ClusterRole" | "ClusterRoleBinding")
+            )
+        })
+        .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let prefix = format!("{release}-triad");
+    assert_eq!(
+        cluster_wide,
+        [format!("{prefix}-agent")],
+        "only the agents' ClusterRole (bound per namespace) is cluster-scoped"
+    );
+    let rbac: String = docs
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some("ServiceAccount" | "ClusterRole" | "Role" | "RoleBinding")
+            )
+        })
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    let _cleanup = ClusterScoped {
+        release: release.clone(),
+        kinds: "clusterrole,clusterrolebinding",
+    };
+    apply(&rbac);
+    let (sched, pools, sup) = (
+        format!("{prefix}-scheduler"),
+        format!("{prefix}-pools"),
+        format!("{prefix}-supervisor"),
+    );
+    wait_for(WAIT, "RBAC to take effect", || async {
+        can_i(&release, &sup, "delete", "pods", watched).then_some(())
+    })
+    .await;
+    let work: &[(&str, &str, &str)] = &[
+        (&sup, "delete", "pods"),
+        (&sup, "watch", "leases.coordination.k8s.io"),
+        (&sup, "patch", "workitems.triad.dev/status"),
+        (&pools, "create", "pods"),
+        (&pools, "create", "rolebindings.rbac.authorization.k8s.io"),
+        (&pools, "patch", "agentpools.triad.dev/status"),
+        (&sched, "create", "workitems.triad.dev"),
+        (&sched, "patch", "workrequests.triad.dev/status"),
+        (&sched, "create", "events.events.k8s.io"),
+    ];
+    let mut wrong = Vec::new();
+    for (who, verb, resource) in work {
+        if !can_i(&release, who, verb, resource, watched) {
+            wrong.push(format!("{who} cannot {verb} {resource} in {watched}"));
+        }
+        if can_i(&release, who, verb, resource, "default") {
+            wrong.push(format!("{who} can {verb} {resource} in default"));
+        }
+    }
+    assert!(wrong.is_empty(), "RBAC mismatches:\n{}", wrong.join("\n"));
 }
 
 /// GET `path` from `addr` over plain HTTP/1.0; the body.
@@ -1103,4 +1245,134 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         missing.is_empty(),
         "used by the dashboard or alerts but not exported by any triad process: {missing:?}\nexported: {available:?}"
     );
+}
+
+/// The chart's operator policy with the controller's own token: RBAC lets it create and
+/// delete any pod in a namespace it serves, the policy only agent pods, running as their
+/// pool's agent account. Each refusal names its rule.
+#[tokio::test]
+async fn the_operator_may_create_and_delete_only_agent_pods() {
+    let ns = TestNamespace::new("vap-operator").await;
+    let release = ns.name.clone();
+    let rendered = render(&release, &["--show-only", "templates/operator-policy.yaml"]);
+    let _cleanup = ClusterScoped {
+        release: release.clone(),
+        kinds: "validatingadmissionpolicy,validatingadmissionpolicybinding",
+    };
+    apply(&rendered);
+    // The combined controller's account, granted pods in this namespace as the chart's
+    // pools and supervisor roles are.
+    let account = format!("{release}-triad-controller");
+    let rbac = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {account}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: triad-agent-p, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pods, namespace: {ns}}}
+rules: [{{apiGroups: [""], resources: [pods], verbs: [get, create, delete]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: pods, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pods}}
+subjects: [{{kind: ServiceAccount, name: {account}, namespace: {ns}}}]
+"#,
+        ns = ns.name
+    );
+    apply(&rbac);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let token = wait_for(WAIT, "a token for the controller", || async {
+        ns.api::<ServiceAccount>()
+            .create_token_request(&account, &PostParams::default(), &request)
+            .await
+            .ok()?
+            .status
+            .map(|s| s.token)
+    })
+    .await;
+    let as_operator: Api<Pod> = Api::namespaced(client_with_token(token).await, &ns.name);
+    let pod = |name: &str, pool: Option<&str>, account: Option<&str>| -> Pod {
+        let mut p = json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeSelector": {"triad.dev/test-node": "none"},
+                "containers": [{"name": "c", "image": "triad:dev", "command": ["true"]}]
+            }
+        });
+        if let Some(pool) = pool {
+            p["metadata"]["labels"] = json!({"triad.dev/pool": pool});
+        }
+        if let Some(a) = account {
+            p["spec"]["serviceAccountName"] = json!(a);
+        }
+        serde_json::from_value(p).expect("pod")
+    };
+    let pp = PostParams::default();
+
+    // A pod of no pool: refused once the policy enforces (its binding takes a moment).
+    let message = wait_for(WAIT, "the operator policy to enforce", || async {
+        match as_operator.create(&pp, &pod("loose", None, None)).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("rule ") => {
+                Some(s.message)
+            }
+            Ok(_) => {
+                let _ = ns.api::<Pod>().delete("loose", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(message.contains("rule agent-pods-only"), "{message}");
+    // An agent pod that would run as another account (and so hold its token).
+    let message = refused(
+        as_operator
+            .create(&pp, &pod("borrow", Some("p"), Some("default")))
+            .await,
+    );
+    assert!(
+        message.contains("rule agent-account") && message.contains("triad-agent-p"),
+        "{message}"
+    );
+    // The pool's own agent pod passes.
+    as_operator
+        .create(&pp, &pod("agent-p-0", Some("p"), Some("triad-agent-p")))
+        .await
+        .expect("the operator creates an agent pod");
+
+    // Deleting: someone else's pod is refused, the agent pod is not.
+    ns.api::<Pod>()
+        .create(&pp, &pod("theirs", None, None))
+        .await
+        .expect("admin creates a pod");
+    let message = refused(as_operator.delete("theirs", &Default::default()).await);
+    assert!(
+        message.contains("rule agent-pods-only") && message.contains("theirs"),
+        "{message}"
+    );
+    assert!(
+        ns.api::<Pod>()
+            .get_opt("theirs")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    as_operator
+        .delete("agent-p-0", &Default::default())
+        .await
+        .expect("the operator deletes an agent pod");
 }

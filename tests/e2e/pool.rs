@@ -573,63 +573,35 @@ async fn agents_get_a_least_privilege_identity() {
         ns.api::<ServiceAccount>().get(name).await.ok()
     })
     .await;
-    let role = wait_for(WAIT, "the agents' Role", || async {
-        ns.api::<Role>().get(name).await.ok()
-    })
-    .await;
     let binding = wait_for(WAIT, "the agents' RoleBinding", || async {
         ns.api::<RoleBinding>().get(name).await.ok()
     })
     .await;
-    for owners in [
-        sa.owner_references(),
-        role.owner_references(),
-        binding.owner_references(),
-    ] {
+    for owners in [sa.owner_references(), binding.owner_references()] {
         assert_eq!(owners[0].uid, uid, "owned by the pool");
     }
-    assert_eq!(binding.role_ref.name, name);
+    // The grant is the agents' ClusterRole (the chart's), bound in this namespace only;
+    // the pool controller writes no Role of its own.
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", triad::pool::rbac::DEFAULT_AGENT_CLUSTER_ROLE)
+    );
     let subject = &binding.subjects.as_ref().expect("subjects")[0];
     assert_eq!(
         (subject.kind.as_str(), subject.name.as_str()),
         ("ServiceAccount", name)
     );
-
-    let mut grants = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
-        for group in rule.api_groups.iter().flatten() {
-            for resource in rule.resources.iter().flatten() {
-                for verb in &rule.verbs {
-                    grants.insert(format!("{group}/{resource}:{verb}"));
-                }
-            }
-        }
-    }
-    let expected: BTreeSet<String> = [
-        "triad.dev/workitems:get",
-        "triad.dev/workitems:list",
-        "triad.dev/workitems:watch",
-        "triad.dev/workitems/status:get",
-        "triad.dev/workitems/status:patch",
-        "triad.dev/workitems/status:update",
-        "triad.dev/workqueues:get",
-        "triad.dev/workqueues:list",
-        "triad.dev/workqueues:watch",
-        "coordination.k8s.io/leases:get",
-        "coordination.k8s.io/leases:list",
-        "coordination.k8s.io/leases:watch",
-        "coordination.k8s.io/leases:create",
-        "coordination.k8s.io/leases:update",
-        "coordination.k8s.io/leases:patch",
-        "/events:create",
-        "/events:patch",
-        "events.k8s.io/events:create",
-        "events.k8s.io/events:patch",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    assert_eq!(grants, expected);
+    assert!(
+        ns.api::<Role>()
+            .get_opt(name)
+            .await
+            .expect("get role")
+            .is_none(),
+        "no per-pool Role"
+    );
 
     // Ask the API server's authorizer, as the agent.
     let who = format!("--as=system:serviceaccount:{}:{name}", ns.name);
@@ -763,4 +735,69 @@ async fn the_exit_policy_starts_agents_only_while_work_is_queued() {
             .as_deref(),
         Some("OnFailure")
     );
+}
+
+/// Server-side apply without force: a ServiceAccount of the agents' name that someone
+/// else made is reported on the pool and left alone (no agent runs as it), and the pool
+/// gets its identity once it is gone.
+#[tokio::test]
+async fn an_agent_account_triad_does_not_own_is_reported_not_taken_over() {
+    let ns = TestNamespace::new("pool-foreign-sa").await;
+    start_controller(&ns);
+    let name = "triad-agent-taken";
+    let theirs: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"team": "payments"}}
+    }))
+    .expect("service account");
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("create their account");
+    create_pool(&ns, "taken", json!({"replicas": 1})).await;
+    let pool = wait_pool(&ns, "taken", "the pool reports the account", |p| {
+        condition(p, "Ready").is_some_and(|c| {
+            c.status == "False" && c.message.contains("not owned by AgentPool taken")
+        })
+    })
+    .await;
+    let ready = condition(&pool, "Ready").expect("Ready");
+    assert_eq!(ready.reason, "FailedCreate", "{ready:?}");
+    assert!(
+        ready.message.contains(&format!("ServiceAccount {name}")),
+        "{ready:?}"
+    );
+    let sa = ns
+        .api::<ServiceAccount>()
+        .get(name)
+        .await
+        .expect("their account");
+    assert!(sa.owner_references().is_empty(), "not taken over: {sa:?}");
+    assert_eq!(
+        sa.labels().get("team").map(String::as_str),
+        Some("payments")
+    );
+    assert!(
+        live_pods(&ns, "taken").await.is_empty(),
+        "no agent runs as their account"
+    );
+    assert!(
+        ns.api::<RoleBinding>()
+            .get_opt(name)
+            .await
+            .expect("get")
+            .is_none(),
+        "their account is granted nothing"
+    );
+
+    ns.api::<ServiceAccount>()
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete their account");
+    wait_pods(&ns, "taken", 1).await;
+    let sa = ns
+        .api::<ServiceAccount>()
+        .get(name)
+        .await
+        .expect("the pool's account");
+    assert_eq!(sa.owner_references()[0].name, "taken");
 }

@@ -55,11 +55,21 @@ async fn make_client() -> Client {
     Client::try_from(config).expect("client")
 }
 
-/// An admin client; the CRDs are installed (server-side apply) before it is returned.
+/// An admin client; the CRDs and the agents' ClusterRole (both of which the chart
+/// ships) are installed (server-side apply) before it is returned.
 pub async fn client() -> Client {
     static CRDS: OnceCell<()> = OnceCell::const_new();
     let client = make_client().await;
     CRDS.get_or_init(|| async {
+        use triad::pool::rbac::{DEFAULT_AGENT_CLUSTER_ROLE, agent_cluster_role};
+        Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(make_client().await)
+            .patch(
+                DEFAULT_AGENT_CLUSTER_ROLE,
+                &PatchParams::apply("triad-tests").force(),
+                &Patch::Apply(&agent_cluster_role(DEFAULT_AGENT_CLUSTER_ROLE)),
+            )
+            .await
+            .expect("apply the agents' ClusterRole");
         let crds: Api<CustomResourceDefinition> = Api::all(make_client().await);
         for crd in triad::api::crds() {
             let name = crd.metadata.name.clone().expect("crd name");

@@ -54,6 +54,16 @@ pub async fn prepare(client: &Client, ns: &str) -> anyhow::Result<()> {
         })
         .await?;
     }
+    // The agents' ClusterRole, which the chart ships and each pool's RoleBinding grants
+    // (the harness runs the operator as a process, without the chart).
+    let role = triad::pool::rbac::agent_cluster_role(triad::pool::rbac::DEFAULT_AGENT_CLUSTER_ROLE);
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
+        .patch(
+            triad::pool::rbac::DEFAULT_AGENT_CLUSTER_ROLE,
+            &PatchParams::apply("triad-bench").force(),
+            &Patch::Apply(&role),
+        )
+        .await?;
     let nss: Api<Namespace> = Api::all(client.clone());
     if nss.get_opt(ns).await?.is_none() {
         let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
