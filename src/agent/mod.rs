@@ -892,11 +892,11 @@ impl Agent {
         work: &Running,
     ) -> Result<Option<WorkItem>, ()> {
         let now = crate::k8s::now();
-        let usage = usage_with_measured(
+        let usage = reports.monotonic_usage(usage_with_measured(
             &reports.usage,
             work.elapsed().as_secs_f64(),
             work.cpu_seconds_so_far(),
-        );
+        ));
         let mut ops = progress_ops(reports.changed.then_some((&reports.progress, &now)), &usage);
         if reports.violation_pending
             && let Some(v) = &reports.violation
@@ -974,7 +974,7 @@ impl Agent {
         (wall, cpu): (f64, f64),
     ) -> Written {
         let name = writer.attempt.name.as_str();
-        let usage = usage_with_measured(&reports.usage, wall, cpu);
+        let usage = reports.not_below_written(usage_with_measured(&reports.usage, wall, cpu));
         let now = crate::k8s::now();
         let progress = (reports.progress != Default::default())
             .then(|| progress_value(&reports.progress, &now));

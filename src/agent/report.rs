@@ -18,6 +18,9 @@ pub struct ReportState {
     /// Reported counters (cumulative); the measured `wallSeconds`/`cpuSeconds` are
     /// added at write time.
     pub usage: Counters,
+    /// The highest value of each counter written to the item this attempt: what a later
+    /// write may not go below (see [`ReportState::not_below_written`]).
+    written_usage: Counters,
     pub result: Option<Value>,
     /// Why a `result` line was refused (too large, not an object): a command that
     /// exits 0 without a usable result must not look like a success.
@@ -204,6 +207,32 @@ pub fn cut(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+// === impl ReportState: usage only rises ===
+
+impl ReportState {
+    /// `usage` with no counter below what an earlier write of this attempt said. Usage is
+    /// cumulative, and the agent admission policy refuses a holder's write that lowers
+    /// a counter (a forged one could escape its budget); a command that reports a
+    /// smaller total, or a CPU sum that drops when a child process exits, must not turn
+    /// an honest write into a refused one.
+    pub fn not_below_written(&self, mut usage: Counters) -> Counters {
+        for (name, high) in &self.written_usage {
+            let v = usage.entry(name.clone()).or_insert(*high);
+            if *v < *high {
+                *v = *high;
+            }
+        }
+        usage
+    }
+
+    /// [`Self::not_below_written`], remembered as the new floor.
+    pub fn monotonic_usage(&mut self, usage: Counters) -> Counters {
+        let usage = self.not_below_written(usage);
+        self.written_usage.clone_from(&usage);
+        usage
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +321,21 @@ mod tests {
         s.changed = false;
         s.line(br#"{"usage": {"tokens": 5}}"#);
         assert!(!s.changed);
+    }
+
+    #[test]
+    fn written_usage_never_goes_down() {
+        let mut s = ReportState::default();
+        let first = s.monotonic_usage([("tokens".into(), 10.0), ("cpuSeconds".into(), 2.0)].into());
+        assert_eq!(first["tokens"], 10.0);
+        // A smaller total and a vanished counter: the earlier values stand.
+        let second = s.monotonic_usage([("tokens".into(), 4.0)].into());
+        assert_eq!((second["tokens"], second["cpuSeconds"]), (10.0, 2.0));
+        let third = s.monotonic_usage([("tokens".into(), 12.0), ("cpuSeconds".into(), 1.5)].into());
+        assert_eq!((third["tokens"], third["cpuSeconds"]), (12.0, 2.0));
+        // The final write uses the floor without moving it.
+        let last = s.not_below_written([("cost".into(), 0.5)].into());
+        assert_eq!((last["tokens"], last["cost"]), (12.0, 0.5));
     }
 
     #[test]

@@ -497,15 +497,39 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
         assert!(m.contains(rule), "{rule}: {m}");
         refused_count += 1;
     }
-    // Progress under the claim passes.
+    // Progress and rising usage under the claim pass; lowering or dropping a counter
+    // (to escape a budget) does not.
     fenced_patch(
         &as_agent,
         "forge",
         &fence,
-        vec![set("progress", json!({"percent": 50}))],
+        vec![
+            set("progress", json!({"percent": 50})),
+            set("usage", json!({"tokens": 900.0, "cost": 0.5})),
+        ],
     )
     .await
-    .expect("the holder reports progress");
+    .expect("the holder reports progress and usage");
+    for usage in [
+        json!({"tokens": 10.0, "cost": 0.5}),
+        json!({"tokens": 950.0}),
+    ] {
+        let r = fenced_patch(&as_agent, "forge", &fence, vec![set("usage", usage)]).await;
+        let m = match r {
+            Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(m.contains("rule usage"), "{m}");
+        refused_count += 1;
+    }
+    fenced_patch(
+        &as_agent,
+        "forge",
+        &fence,
+        vec![set("usage", json!({"tokens": 1000.0, "cost": 0.5}))],
+    )
+    .await
+    .expect("usage rises");
 
     // 5. Fenced out (the supervisor's fence-out: a new epoch and an outcome, the claim
     // still naming the agent): the former holder cannot complete it under the new epoch.
@@ -627,7 +651,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
     );
     assert!(m.contains("rule own-lease"), "{m}");
     refused_count += 1;
-    assert_eq!(refused_count, 13, "attacks tried and refused");
+    assert_eq!(refused_count, 15, "attacks tried and refused");
 }
 
 /// What `kubectl auth can-i` says for a service account.
