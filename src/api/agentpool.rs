@@ -222,9 +222,11 @@ pub struct AgentPoolStatus {
     pub idle: i32,
     /// Label selector of the pool's pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = super::bounds::MAX_SELECTOR_LEN))]
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::bounds::bounded_conditions")]
     pub conditions: Vec<Condition>,
 }

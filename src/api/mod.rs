@@ -8,6 +8,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod agentpool;
+mod bounds;
 mod common;
 mod freeform;
 mod root;
@@ -16,6 +17,7 @@ mod workqueue;
 mod workrequest;
 
 pub use agentpool::*;
+pub use bounds::*;
 pub use common::*;
 pub use freeform::*;
 pub use workitem::*;

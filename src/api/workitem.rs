@@ -4,6 +4,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::bounds::{
+    MAX_CHECKPOINT_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN, MAX_PROGRESS_MESSAGE_LEN, MAX_REASON_LEN,
+    MAX_RESULT_PROPERTIES, MAX_STATUS_COUNTERS, MAX_WAITING_LEN, MAX_WORD_LEN, bounded_conditions,
+};
 use super::common::{Counters, default_priority};
 use super::freeform::FreeForm;
 
@@ -16,7 +20,10 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 pub const MAX_PAYLOAD_DEPTH: usize = super::freeform::MAX_FREE_FORM_DEPTH;
 /// The reason an item (or request) with a too-deep payload fails (is refused) with.
 pub const PAYLOAD_TOO_DEEP: &str = "PayloadTooDeep";
-/// Largest result, serialized, an agent writes back to an item.
+/// Largest result, serialized, an agent writes back to an item. The schema cannot bound
+/// a schemaless object's bytes (only its keys, [`super::MAX_RESULT_PROPERTIES`]): the
+/// agent refuses a larger `result` report line (`core::report`), and an attempt that
+/// exits 0 after one ends FailedPermanently, reason `ResultTooLarge`.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024;
 /// RFC 3339 as Triad's `Time` decodes it. The API server's `date-time` format alone also
 /// takes more than nine fraction digits, which the operator then cannot read, and a
@@ -219,6 +226,7 @@ pub struct WorkItemStatus {
     pub phase: Option<Phase>,
     /// The queue the scheduler routed a typed (or escalated) item to; overrides spec.queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME_LEN))]
     pub queue: Option<String>,
     /// Priority in effect, when the scheduler raised it by escalation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,20 +241,26 @@ pub struct WorkItemStatus {
     pub retry_at: Option<Time>,
     /// Why a non-running item is not running, in a few words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_WAITING_LEN))]
     pub waiting: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_STATUS_COUNTERS))]
     pub usage: Counters,
     /// Budget granted on top of spec.budget by `Extend` interventions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_STATUS_COUNTERS))]
     pub budget_extension: Counters,
-    /// What the work returned: the last `result` it reported.
+    /// What the work returned: the last `result` it reported. At most 16 KiB serialized
+    /// and nested at most 32 levels deep: the agent refuses a larger or deeper one, and
+    /// an attempt that exits 0 after it ends FailedPermanently, reason `ResultTooLarge`.
     // Decoded depth-safely (FreeForm): an agent's token can write any JSON here, and one
     // value nested past serde_json's limit must not make every role's list of items
-    // undecodable.
+    // undecodable. The schema bounds only its keys: neither OpenAPI nor CEL can measure
+    // a schemaless object's bytes or depth, so those are the writer's (core::report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
+    #[schemars(schema_with = "result_object")]
     pub result: Option<FreeForm>,
     /// The outcome the holding agent (or the supervisor, fencing it out) reported for
     /// the current attempt; the scheduler turns it into the next phase.
@@ -254,11 +268,16 @@ pub struct WorkItemStatus {
     pub outcome: Option<Outcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ItemError>,
+    /// The newest attempts' records, at most 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ATTEMPT_HISTORY))]
     pub attempts: Vec<AttemptRecord>,
+    /// The newest interventions, at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_INTERVENTION_HISTORY))]
     pub interventions: Vec<Intervention>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "bounded_conditions")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -273,14 +292,17 @@ pub struct WorkItemStatus {
     "status.claim.epoch may never decrease: every claim and every fence-out raises it"
 ))]
 pub struct Claim {
+    #[schemars(length(max = MAX_NAME_LEN))]
     pub agent: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME_LEN))]
     pub pod: Option<String>,
     pub epoch: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acquired_at: Option<Time>,
     /// Name of the agent's Lease (namespace of the item), the holder's heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME_LEN))]
     pub lease: Option<String>,
 }
 
@@ -290,8 +312,10 @@ pub struct Progress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PROGRESS_MESSAGE_LEN))]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_CHECKPOINT_LEN))]
     pub checkpoint: Option<String>,
     /// Last time progress or usage changed: what the stall monitor watches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,8 +344,10 @@ pub enum OutcomeKind {
 pub struct Outcome {
     pub kind: OutcomeKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_REASON_LEN))]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MESSAGE_LEN))]
     pub message: Option<String>,
     /// The attempt this outcome belongs to.
     pub attempt: i32,
@@ -334,8 +360,10 @@ pub struct Outcome {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemError {
+    #[schemars(length(max = MAX_REASON_LEN))]
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MESSAGE_LEN))]
     pub message: Option<String>,
     #[serde(default)]
     pub attempt: i32,
@@ -348,6 +376,7 @@ pub struct ItemError {
 pub struct AttemptRecord {
     pub attempt: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME_LEN))]
     pub agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -356,6 +385,7 @@ pub struct AttemptRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutcomeKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_REASON_LEN))]
     pub reason: Option<String>,
 }
 
@@ -364,11 +394,15 @@ pub struct AttemptRecord {
 pub struct Intervention {
     pub at: Time,
     /// Which monitor raised it: health, budget, progress, violation.
+    #[schemars(length(max = MAX_WORD_LEN))]
     pub monitor: String,
+    #[schemars(length(max = MAX_REASON_LEN))]
     pub reason: String,
     /// What was done: Warn, CancelRequested, FenceOut, DeletePod, Escalate, Extend, Cancel.
+    #[schemars(length(max = MAX_WORD_LEN))]
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_MESSAGE_LEN))]
     pub message: Option<String>,
 }
 
@@ -377,6 +411,16 @@ pub(crate) fn bounded_free_form_object(_: &mut schemars::SchemaGenerator) -> sch
     schemars::json_schema!({
         "type": "object",
         "maxProperties": 256,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// `status.result`: any JSON object, bounded in keys (its bytes are the agent's to bound,
+/// see [`MAX_RESULT_BYTES`]).
+fn result_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_RESULT_PROPERTIES,
         "x-kubernetes-preserve-unknown-fields": true
     })
 }

@@ -374,5 +374,6 @@ pub struct WorkQueueStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::bounds::bounded_conditions")]
     pub conditions: Vec<Condition>,
 }

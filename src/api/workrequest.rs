@@ -173,12 +173,19 @@ pub struct WorkRequestStatus {
     pub cancelled: i64,
     /// "succeeded/total", for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = super::bounds::MAX_REQUEST_PROGRESS_LEN))]
     pub progress: Option<String>,
-    /// Items that failed, dead-lettered or were escalated to failure.
+    /// Items that failed, dead-lettered or were escalated to failure: the first 20 by
+    /// name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = super::bounds::MAX_FAILED_ITEMS),
+        inner(length(max = super::bounds::MAX_NAME_LEN))
+    )]
     pub failed_items: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::bounds::bounded_conditions")]
     pub conditions: Vec<Condition>,
 }

@@ -25,10 +25,9 @@ use jiff::Timestamp;
 
 use super::seconds_since;
 use super::waiting::truncate;
+/// At most this many names in `status.failedItems` (the CRD's `maxItems`).
+pub use crate::api::MAX_FAILED_ITEMS;
 use crate::api::{Phase, RequestPhase, WorkQueueStatus, WorkRequestStatus};
-
-/// At most this many names in `status.failedItems`.
-pub const MAX_FAILED_ITEMS: usize = 20;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PhaseCounts {
