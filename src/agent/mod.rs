@@ -906,7 +906,7 @@ impl Agent {
                 .as_ref()
                 .map(|s| s.conditions.as_slice())
                 .filter(|c| !c.is_empty());
-            ops.push(violation_op(conditions, v, reports.violations, &now));
+            ops.extend(violation_op(conditions, v, reports.violations, &now));
         }
         match tokio::time::timeout(WRITE_TIMEOUT, writer.send(ops)).await {
             Ok(Ok(item)) => {
@@ -983,7 +983,7 @@ impl Agent {
             .violation
             .as_ref()
             .filter(|_| reports.violation_pending)
-            .map(|v| {
+            .and_then(|v| {
                 let conditions = view
                     .and_then(|v| v.status.as_ref())
                     .map(|s| s.conditions.as_slice())

@@ -12,7 +12,9 @@ use kube::Api;
 use serde_json::{Value, json};
 
 use super::report::cut;
-use crate::api::{AttemptRecord, ItemError, MAX_ATTEMPT_HISTORY, Outcome, OutcomeKind, WorkItem};
+use crate::api::{
+    AttemptRecord, ItemError, MAX_ATTEMPT_HISTORY, MAX_CONDITIONS, Outcome, OutcomeKind, WorkItem,
+};
 use crate::core::report::{ProgressReport, ViolationReport as Violation};
 use crate::k8s::fence::{Fence, FenceError, complete_ops, fenced_patch, set};
 
@@ -114,13 +116,15 @@ pub fn condition_reason(rule: &str) -> String {
 }
 
 /// The `ViolationReported` condition, replacing one already there (found by type in
-/// the freshest view of the item we have) or appended.
+/// the freshest view of the item we have) or appended. None when the list is already
+/// full (`MAX_CONDITIONS`, of others' conditions) and has no `ViolationReported`: an
+/// append would get the whole write refused, progress and ending with it.
 pub fn violation_op(
     conditions: Option<&[Condition]>,
     v: &Violation,
     count: u32,
     now: &Time,
-) -> PatchOperation {
+) -> Option<PatchOperation> {
     let message = match &v.detail {
         Some(d) => format!("{}: {}", v.rule, d),
         None => v.rule.clone(),
@@ -139,19 +143,21 @@ pub fn violation_op(
         observed_generation: None,
     };
     let value = json!(condition);
-    match conditions {
+    Some(match conditions {
         Some(list) => match list.iter().position(|c| c.type_ == VIOLATION_REPORTED) {
             Some(i) => PatchOperation::Replace(ReplaceOperation {
                 path: PointerBuf::parse(format!("/status/conditions/{i}")).unwrap_or_default(),
                 value,
             }),
+            None if list.len() >= MAX_CONDITIONS => return None,
             None => set("conditions/-", value),
         },
         None => set("conditions", json!([value])),
-    }
+    })
 }
 
-/// History with this attempt's record appended, keeping the newest entries.
+/// History with this attempt's record appended, keeping the newest entries, each within
+/// the schema's bounds.
 pub fn history_with(
     attempt: &Attempt,
     kind: OutcomeKind,
@@ -170,6 +176,7 @@ pub fn history_with(
     });
     let excess = history.len().saturating_sub(MAX_ATTEMPT_HISTORY);
     history.drain(..excess);
+    history.iter_mut().for_each(AttemptRecord::fit);
     history
 }
 
@@ -182,7 +189,8 @@ pub fn history_with(
 ///   Failed, Cancelled, Held, or Queued after a drain) and appends the history record
 ///   then; a Released attempt is given back and must leave no record.
 ///
-/// Progress and usage ride along so the final numbers need no extra write.
+/// Progress and usage ride along so the final numbers need no extra write. Reasons and
+/// messages are cut to the schema's bounds (a message can carry the work's stderr).
 pub fn ending_ops(
     attempt: &Attempt,
     ending: &Ending,
@@ -216,7 +224,7 @@ pub fn ending_ops(
         }
         return ops;
     }
-    let outcome = Outcome {
+    let mut outcome = Outcome {
         kind: ending.kind,
         reason: ending.reason.clone(),
         message: ending.message.clone(),
@@ -224,6 +232,7 @@ pub fn ending_ops(
         epoch: attempt.fence.epoch,
         at: Some(now.clone()),
     };
+    outcome.fit();
     let mut ops = vec![set("outcome", json!(outcome)), set("usage", json!(usage))];
     if let Some(p) = progress {
         ops.push(set("progress", p));
@@ -232,12 +241,13 @@ pub fn ending_ops(
         ending.kind,
         OutcomeKind::Failed | OutcomeKind::FailedPermanently
     ) {
-        let error = ItemError {
+        let mut error = ItemError {
             reason: ending.reason.clone().unwrap_or_else(|| "Failed".into()),
             message: ending.message.clone(),
             attempt: attempt.attempt,
             at: Some(now.clone()),
         };
+        error.fit();
         ops.push(set("lastError", json!(error)));
     }
     ops
@@ -425,6 +435,75 @@ mod tests {
                 .unwrap()
                 .contains("3 violations")
         );
+    }
+
+    #[test]
+    fn endings_are_cut_to_the_schema_bounds() {
+        use crate::api::{MAX_MESSAGE_LEN, MAX_NAME_LEN, MAX_REASON_LEN};
+        // A message carries the work's stderr (a remote runner's is not cut on the
+        // way), and a reason a condition's: neither may get the ending refused.
+        let ending = Ending::new(OutcomeKind::Failed, &"R".repeat(5000), "é".repeat(100_000));
+        let ops = serde_json::to_value(ending_ops(
+            &attempt(0),
+            &ending,
+            None,
+            &BTreeMap::new(),
+            None,
+            &now(),
+        ))
+        .unwrap();
+        let chars = |v: &Value| v.as_str().map_or(0, |s| s.chars().count());
+        for field in [&ops[0]["value"], &ops[2]["value"]] {
+            assert_eq!(chars(&field["reason"]), MAX_REASON_LEN, "{field}");
+            assert_eq!(chars(&field["message"]), MAX_MESSAGE_LEN);
+        }
+        // The history record of a success, and the older records copied with it.
+        let mut a = attempt(2);
+        a.history[0].reason = Some("x".repeat(1000));
+        a.history[1].agent = Some("a".repeat(1000));
+        let h = history_with(&a, OutcomeKind::Succeeded, Some(&"y".repeat(1000)), &now());
+        for r in &h {
+            assert!(
+                r.reason
+                    .as_ref()
+                    .is_none_or(|s| s.chars().count() <= MAX_REASON_LEN)
+            );
+            assert!(
+                r.agent
+                    .as_ref()
+                    .is_none_or(|s| s.chars().count() <= MAX_NAME_LEN)
+            );
+        }
+        assert_eq!(
+            h[2].reason.as_ref().map(|r| r.chars().count()),
+            Some(MAX_REASON_LEN)
+        );
+    }
+
+    #[test]
+    fn a_violation_is_not_appended_to_a_full_condition_list() {
+        let v = Violation {
+            rule: "no-network".into(),
+            detail: None,
+        };
+        let t = now();
+        let others: Vec<Condition> = (0..MAX_CONDITIONS)
+            .map(|i| Condition {
+                type_: format!("Other{i}"),
+                status: "True".into(),
+                reason: "R".into(),
+                message: String::new(),
+                last_transition_time: t.clone(),
+                observed_generation: None,
+            })
+            .collect();
+        assert_eq!(violation_op(Some(&others), &v, 1, &t), None);
+        assert!(violation_op(Some(&others[1..]), &v, 1, &t).is_some());
+        // A full list that has ours still gets it replaced.
+        let mut full = others;
+        full[7].type_ = VIOLATION_REPORTED.into();
+        let replace = serde_json::to_value(violation_op(Some(&full), &v, 2, &t)).unwrap();
+        assert_eq!(replace["path"], "/status/conditions/7");
     }
 
     #[test]

@@ -79,6 +79,13 @@ impl AgentArgs {
     fn into_config(self) -> anyhow::Result<AgentConfig> {
         let err = anyhow::Error::msg;
         let name = required(self.pod_name, "POD_NAME (or --pod-name)")?;
+        // The name goes into every claim (status.claim.agent) and names the agent's
+        // Lease, `triad-agent-<name>`: both are object names of at most 253 characters.
+        let longest = crate::api::MAX_NAME_LEN - "triad-agent-".len();
+        anyhow::ensure!(
+            name.chars().count() <= longest,
+            "POD_NAME (or --pod-name) must be at most {longest} characters: the agent's Lease is named triad-agent-<POD_NAME>"
+        );
         let namespace = required(self.namespace, "POD_NAMESPACE (or --namespace)")?;
         let queues = required(
             self.queues,

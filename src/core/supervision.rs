@@ -32,8 +32,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::retry::ESCALATED;
 use super::{add, signed, ts};
 use crate::api::{
-    BudgetAction, Counters, Intervention, OutcomeKind, Phase, StallAction, Supervision, Timeouts,
-    ViolationAction, WorkItem, find_condition,
+    BudgetAction, Counters, Intervention, MAX_STATUS_COUNTERS, OutcomeKind, Phase, StallAction,
+    Supervision, Timeouts, ViolationAction, WorkItem, find_condition,
 };
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
@@ -952,6 +952,10 @@ pub fn decide(
         .as_ref()
         .map(|s| s.budget_extension.clone())
         .unwrap_or_default();
+    // `status.budgetExtension` holds at most MAX_STATUS_COUNTERS counters: a budget
+    // that changed its counters often enough to need more is cut, not extended, rather
+    // than the whole status write being refused.
+    let mut extended_counters = extension.len();
     let mut extensions = item.status.as_ref().map_or(0, |s| {
         s.interventions
             .iter()
@@ -1015,9 +1019,14 @@ pub fn decide(
                     BudgetAction::Extend
                         if extensions
                             < usize::try_from(policy.extend.max_extensions).unwrap_or(0)
-                            && amount > 0.0 =>
+                            && amount > 0.0
+                            && (extension.contains_key(counter)
+                                || extended_counters < MAX_STATUS_COUNTERS) =>
                     {
                         extensions += 1;
+                        if !extension.contains_key(counter) {
+                            extended_counters += 1;
+                        }
                         steps.push(Step {
                             monitor: Monitor::Budget,
                             reason: "BudgetExceeded".into(),
@@ -1577,6 +1586,36 @@ mod tests {
             [500.0, 500.0],
             "bounded extensions of 50 % of the base budget"
         );
+    }
+
+    #[test]
+    fn extend_of_a_new_counter_cuts_when_the_extension_map_is_full() {
+        let policy = Supervision {
+            on_budget_exceeded: BudgetAction::Extend,
+            extend: ExtendPolicy {
+                max_extensions: 3,
+                percent: 50,
+            },
+            ..Default::default()
+        };
+        let mut wi = running();
+        wi.status.as_mut().unwrap().budget_extension = (0..MAX_STATUS_COUNTERS)
+            .map(|i| (format!("c{i}"), 1.0))
+            .collect();
+        // A counter already extended may be extended again…
+        let old = Signal::BudgetUsage {
+            counter: "c0".into(),
+            used: 11.0,
+            limit: 10.0,
+        };
+        assert_eq!(actions(&decide(&wi, &policy, &[old], t(1))), ["Extend"]);
+        // …but a new one would take the map past the schema's maxProperties: cut.
+        let steps = decide(&wi, &policy, &[budget(5.0, 1.0)], t(1));
+        assert_eq!(actions(&steps), ["CancelRequested"]);
+        // With room, the same signal extends.
+        wi.status.as_mut().unwrap().budget_extension.remove("c0");
+        let steps = decide(&wi, &policy, &[budget(5.0, 1.0)], t(1));
+        assert_eq!(actions(&steps), ["Extend"]);
     }
 
     #[test]

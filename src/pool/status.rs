@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::template::TemplateError;
-use crate::api::{AgentPoolStatus, find_condition, labels};
+use crate::api::{AgentPoolStatus, find_condition, fit_condition, labels};
 
 pub const READY: &str = "Ready";
 pub const TEMPLATE_VALID: &str = "TemplateValid";
@@ -51,14 +51,18 @@ pub fn condition(
     let last_transition_time = find_condition(previous, type_)
         .filter(|c| c.status == status)
         .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition {
+    let mut c = Condition {
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message: message.into(),
         observed_generation: generation,
         last_transition_time,
-    }
+    };
+    // Within the schema's bounds: reasons and messages can come from pod statuses and
+    // API errors.
+    fit_condition(&mut c);
+    c
 }
 
 pub fn build(previous: Option<&AgentPoolStatus>, o: &Observed<'_>, now: &Time) -> AgentPoolStatus {
@@ -139,6 +143,23 @@ mod tests {
 
     fn time(s: i64) -> Time {
         Time(jiff::Timestamp::from_second(1_893_456_000 + s).unwrap())
+    }
+
+    #[test]
+    fn conditions_are_cut_to_the_schema_bounds() {
+        use crate::api::{MAX_MESSAGE_LEN, MAX_REASON_LEN};
+        // A pod's waiting reason and an API error can be any length.
+        let c = condition(
+            &[],
+            PODS_HEALTHY,
+            false,
+            &"CrashLoop".repeat(100),
+            &"x".repeat(100_000),
+            None,
+            &time(0),
+        );
+        assert_eq!(c.reason.chars().count(), MAX_REASON_LEN);
+        assert_eq!(c.message.chars().count(), MAX_MESSAGE_LEN);
     }
 
     fn healthy() -> (bool, String, String) {

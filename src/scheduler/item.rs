@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{
     AttemptRecord, FreeForm, ItemError, MAX_ATTEMPT_HISTORY, MAX_PAYLOAD_BYTES, OutcomeKind,
-    PAYLOAD_TOO_DEEP, Phase, WorkItem, WorkQueueSpec,
+    PAYLOAD_TOO_DEEP, Phase, WorkItem, WorkQueueSpec, fit_conditions,
 };
 use crate::core::admission::{Admission, DEPENDENCY_FAILED, admit};
 use crate::core::cycle::{DEPENDENCY_CYCLE, DEPENDS_ON_CYCLE, ItemCycle};
@@ -94,16 +94,21 @@ fn time(t: Timestamp) -> Value {
     json!(t.to_string())
 }
 
+/// `lastError`, its reason and message cut to the schema's bounds: they can come from
+/// the outcome an agent wrote.
 fn error_json(reason: &str, message: Option<String>, attempt: i32, now: Timestamp) -> Value {
-    json!(ItemError {
+    let mut error = ItemError {
         reason: reason.into(),
         message,
         attempt,
-        at: Some(Time(now))
-    })
+        at: Some(Time(now)),
+    };
+    error.fit();
+    json!(error)
 }
 
-/// The attempts history with this attempt's record appended, bounded.
+/// The attempts history with this attempt's record appended, bounded in length and
+/// each record within the schema's bounds.
 fn attempts_with_record(item: &WorkItem) -> Value {
     let status = item.status.clone().unwrap_or_default();
     let mut attempts = status.attempts.clone();
@@ -120,6 +125,7 @@ fn attempts_with_record(item: &WorkItem) -> Value {
     }
     let excess = attempts.len().saturating_sub(MAX_ATTEMPT_HISTORY);
     attempts.drain(..excess);
+    attempts.iter_mut().for_each(AttemptRecord::fit);
     json!(attempts)
 }
 
@@ -671,6 +677,7 @@ fn explain_plan(item: &WorkItem, view: &ItemView<'_>, phase: Phase, now: Timesta
         plan.event = Some(event);
     }
     if conditions_changed {
+        fit_conditions(&mut conditions, &[ROUTED, VALID]);
         m.insert("conditions".into(), json!(conditions));
     }
     let cosmetic = !m.contains_key("phase") && !m.contains_key("conditions");
@@ -743,6 +750,7 @@ fn drop_cycle_on_leaving(item: &WorkItem, plan: &mut Plan, now: Timestamp) {
         .unwrap_or_default();
     if let Some(event) = sync_cycle_condition(&mut conditions, None, item.metadata.generation, now)
     {
+        fit_conditions(&mut conditions, &[]);
         m.insert("conditions".into(), json!(conditions));
         plan.cycle_changed = true;
         plan.event.get_or_insert(event);
@@ -753,6 +761,45 @@ fn drop_cycle_on_leaving(item: &WorkItem, plan: &mut Plan, now: Timestamp) {
 mod tests {
     use super::*;
     use crate::core::testutil::t;
+
+    #[test]
+    fn errors_and_attempt_records_are_cut_to_the_schema_bounds() {
+        use crate::api::{MAX_MESSAGE_LEN, MAX_REASON_LEN, Outcome, WorkItemStatus};
+        let e = error_json(&"R".repeat(1000), Some("m".repeat(10_000)), 1, t(0));
+        assert_eq!(
+            e["reason"].as_str().unwrap().chars().count(),
+            MAX_REASON_LEN
+        );
+        assert_eq!(
+            e["message"].as_str().unwrap().chars().count(),
+            MAX_MESSAGE_LEN
+        );
+        // An outcome written before the bounds existed is copied into the history.
+        let mut wi = WorkItem::new("a", Default::default());
+        wi.status = Some(WorkItemStatus {
+            attempt: 2,
+            outcome: Some(Outcome {
+                kind: OutcomeKind::Failed,
+                reason: Some("R".repeat(1000)),
+                message: None,
+                attempt: 2,
+                epoch: 2,
+                at: None,
+            }),
+            attempts: vec![AttemptRecord {
+                attempt: 1,
+                reason: Some("Q".repeat(1000)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let records: Vec<AttemptRecord> =
+            serde_json::from_value(attempts_with_record(&wi)).unwrap();
+        assert_eq!(records.len(), 2);
+        for r in records {
+            assert_eq!(r.reason.map(|r| r.chars().count()), Some(MAX_REASON_LEN));
+        }
+    }
 
     fn item(phase: Option<&str>, deps: &[&str], conditions: Value) -> WorkItem {
         let mut v = json!({

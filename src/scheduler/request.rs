@@ -10,7 +10,9 @@ use kube::{Api, Resource};
 use serde_json::json;
 use tracing::{instrument, warn};
 
-use crate::api::{RequestPhase, WorkItem, WorkQueue, WorkRequest, WorkRequestStatus};
+use crate::api::{
+    RequestPhase, WorkItem, WorkQueue, WorkRequest, WorkRequestStatus, fit_condition,
+};
 use crate::core::graph::plan;
 use crate::core::phase::effective_phase;
 use crate::core::rollup::request_rollup;
@@ -29,14 +31,17 @@ fn condition(
     message: String,
     generation: Option<i64>,
 ) -> Condition {
-    Condition {
+    let mut c = Condition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
         reason: reason.into(),
         message,
         last_transition_time: Time(jiff::Timestamp::now()),
         observed_generation: generation,
-    }
+    };
+    // Within the schema's bounds: a message can name many items or tasks.
+    fit_condition(&mut c);
+    c
 }
 
 /// Keeps the transition time when a condition did not change, so status writes stop.
@@ -299,5 +304,25 @@ impl Scheduler {
             .recorder
             .publish(&event, &request.object_ref(&()))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_are_cut_to_the_schema_bounds() {
+        // A name collision lists every colliding item.
+        let names: Vec<String> = (0..2000).map(|i| format!("request-task-{i}")).collect();
+        let c = condition(
+            "NameCollision",
+            true,
+            "NameCollision",
+            format!("items already exist: {}", names.join(", ")),
+            None,
+        );
+        assert_eq!(c.message.chars().count(), crate::api::MAX_MESSAGE_LEN);
+        assert!(c.message.ends_with('…'));
     }
 }

@@ -7,8 +7,26 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
-use crate::api::{MAX_INTERVENTION_HISTORY, Outcome, WorkItem};
+use crate::api::{
+    Intervention, MAX_INTERVENTION_HISTORY, MAX_MESSAGE_LEN, Outcome, WorkItem, fit_conditions,
+    fitted,
+};
 use crate::core::supervision::{Action, Step, conditions, tagged};
+
+/// Room kept in a message for its attempt tag (`tagged`: " [attempt -2147483648]" at
+/// most), so that cutting a long message to the schema's bound never cuts the tag the
+/// agent reads.
+const TAG_ROOM: usize = 32;
+
+/// The conditions the supervisor writes: never the ones dropped to make room.
+const OURS: [&str; 6] = [
+    conditions::STALLED,
+    conditions::BUDGET_WARNING,
+    conditions::OVER_BUDGET,
+    conditions::VIOLATION,
+    conditions::ESCALATED,
+    conditions::CANCEL_REQUESTED,
+];
 
 /// What carrying out the steps takes: the status merge patch, and whether the holder's
 /// pod is to be deleted once the patch is written.
@@ -81,8 +99,12 @@ pub fn plan(item: &WorkItem, steps: &[Step], clear: &[&str], now: Timestamp) -> 
     let mut delete_pod = false;
 
     for step in steps {
-        // Tagged with the attempt, which whole-second times alone cannot tell apart.
-        let message = tagged(&step.message, status.attempt);
+        // Tagged with the attempt, which whole-second times alone cannot tell apart; cut
+        // to the schema's bound before, so the tag stays.
+        let message = tagged(
+            &fitted(&step.message, MAX_MESSAGE_LEN - TAG_ROOM),
+            status.attempt,
+        );
         if let Some(c) = step.condition {
             upsert(&mut conds, c, &step.reason, &message, now, false);
         }
@@ -98,7 +120,7 @@ pub fn plan(item: &WorkItem, steps: &[Step], clear: &[&str], now: Timestamp) -> 
             ),
             Action::FenceOut { outcome, reason } => {
                 let claim = crate::k8s::fence::fenced_out_claim(item);
-                let out = Outcome {
+                let mut out = Outcome {
                     kind: *outcome,
                     reason: Some(reason.clone()),
                     message: Some(step.message.clone()),
@@ -106,6 +128,7 @@ pub fn plan(item: &WorkItem, steps: &[Step], clear: &[&str], now: Timestamp) -> 
                     epoch: claim.epoch,
                     at: Some(Time(now)),
                 };
+                out.fit();
                 fenced = Some((claim, out));
             }
             Action::DeletePod => delete_pod = true,
@@ -122,6 +145,8 @@ pub fn plan(item: &WorkItem, steps: &[Step], clear: &[&str], now: Timestamp) -> 
         let cut = interventions.len() - MAX_INTERVENTION_HISTORY;
         interventions.drain(..cut);
     }
+    interventions.iter_mut().for_each(Intervention::fit);
+    fit_conditions(&mut conds, &OURS);
     let mut st = serde_json::Map::new();
     if !steps.is_empty() {
         st.insert("interventions".into(), json!(interventions));
@@ -246,6 +271,69 @@ mod tests {
         let recs = p.body["status"]["interventions"].as_array().expect("list");
         assert_eq!(recs.len(), MAX_INTERVENTION_HISTORY);
         assert_eq!(recs.last().expect("last")["action"], "CancelRequested");
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_the_schema_keeping_the_attempt_tag() {
+        use crate::api::{MAX_CONDITIONS, MAX_MESSAGE_LEN, MAX_REASON_LEN};
+        use crate::core::supervision::{
+            Action, Monitor, StopEnd, StopRequest, attempt_tag, of_current_attempt,
+        };
+        let mut wi = running();
+        // The list is full of others' conditions, older than ours.
+        wi.status.as_mut().expect("status").conditions = (0..MAX_CONDITIONS)
+            .map(|i| Condition {
+                type_: format!("Other{i}"),
+                status: "True".into(),
+                reason: "R".into(),
+                message: String::new(),
+                last_transition_time: Time(at(i as i64)),
+                observed_generation: None,
+            })
+            .collect();
+        // A violation's detail comes from the work command.
+        let step = Step {
+            monitor: Monitor::Violation,
+            reason: "V".repeat(1000),
+            action: Action::RequestCancel(StopRequest {
+                end: StopEnd::Retry,
+                cause: "Violation".into(),
+            }),
+            message: format!("retry: {}", "ü".repeat(20_000)),
+            condition: Some(conditions::VIOLATION),
+        };
+        let p = plan(&wi, &[step], &[], at(400)).expect("a plan");
+        let conds: Vec<Condition> =
+            serde_json::from_value(p.body["status"]["conditions"].clone()).expect("conditions");
+        assert_eq!(conds.len(), MAX_CONDITIONS);
+        assert!(
+            !conds
+                .iter()
+                .any(|c| c.type_ == "Other0" || c.type_ == "Other1")
+        );
+        let cr = find(&conds, conditions::CANCEL_REQUESTED);
+        assert!(cr.message.chars().count() <= MAX_MESSAGE_LEN);
+        assert_eq!(cr.reason.chars().count(), MAX_REASON_LEN);
+        assert_eq!(
+            attempt_tag(&cr.message),
+            Some(2),
+            "the tag survives the cut"
+        );
+        assert!(of_current_attempt(
+            &wi,
+            &cr.message,
+            cr.last_transition_time.0
+        ));
+        assert!(find(&conds, conditions::VIOLATION).message.chars().count() <= MAX_MESSAGE_LEN);
+        let recs: Vec<crate::api::Intervention> =
+            serde_json::from_value(p.body["status"]["interventions"].clone()).expect("list");
+        let m = recs[0].message.as_deref().expect("message");
+        assert!(m.chars().count() <= MAX_MESSAGE_LEN && attempt_tag(m) == Some(2));
+        assert_eq!(recs[0].reason.chars().count(), MAX_REASON_LEN);
+    }
+
+    fn find<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
+        conds.iter().find(|c| c.type_ == type_).expect(type_)
     }
 
     #[test]
