@@ -457,9 +457,14 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
             &triad::k8s::now(),
         )
     };
-    fenced_patch(&items, "w", &fence, vec![report("pii-leak", 2)])
-        .await
-        .expect("violation recorded");
+    fenced_patch(
+        &items,
+        "w",
+        &fence,
+        vec![report("pii-leak", 2).expect("a violation to record")],
+    )
+    .await
+    .expect("violation recorded");
 
     let item = wait_for(LONG, "Escalated and CancelRequested", || async {
         let item = items.get("w").await.ok()?;
