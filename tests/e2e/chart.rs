@@ -531,6 +531,51 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
     .await
     .expect("usage rises");
 
+    // Conditions: the holder writes its ViolationReported (as the agent does), never
+    // the others'; dropping the supervisor's CancelRequested is refused.
+    items
+        .patch_status(
+            "forge",
+            &pp,
+            &merge(json!({"status": {"conditions": [{"type": "CancelRequested", "status": "True",
+                "reason": "Cancelled", "message": "cancel", "lastTransitionTime": "2030-01-01T00:00:00Z"}]}})),
+        )
+        .await
+        .expect("the supervisor (admin) asks for a cancel");
+    let view = items.get("forge").await.expect("item");
+    let report = triad::agent::writer::violation_op(
+        view.status.as_ref().map(|s| s.conditions.as_slice()),
+        &triad::core::report::ViolationReport {
+            rule: "pii".into(),
+            detail: None,
+        },
+        1,
+        &triad::k8s::now(),
+    )
+    .expect("room for the condition");
+    fenced_patch(&as_agent, "forge", &fence, vec![report])
+        .await
+        .expect("the holder reports a violation");
+    for conditions in [
+        json!([]),
+        json!([{"type": "Stalled", "status": "True", "reason": "Forged",
+        "message": "forged", "lastTransitionTime": "2030-01-01T00:00:00Z"}]),
+    ] {
+        let r = fenced_patch(
+            &as_agent,
+            "forge",
+            &fence,
+            vec![set("conditions", conditions)],
+        )
+        .await;
+        let m = match r {
+            Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(m.contains("rule conditions"), "{m}");
+        refused_count += 1;
+    }
+
     // 5. Fenced out (the supervisor's fence-out: a new epoch and an outcome, the claim
     // still naming the agent): the former holder cannot complete it under the new epoch.
     items
@@ -651,7 +696,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
     );
     assert!(m.contains("rule own-lease"), "{m}");
     refused_count += 1;
-    assert_eq!(refused_count, 15, "attacks tried and refused");
+    assert_eq!(refused_count, 17, "attacks tried and refused");
 }
 
 /// What `kubectl auth can-i` says for a service account.
