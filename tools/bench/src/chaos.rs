@@ -558,6 +558,9 @@ struct AttackStats {
     /// No answer from admission: the API server was down (restart fault), or the token's
     /// pod had been deleted (401: a new token is requested).
     no_answer: usize,
+    /// 409: the target changed between the attacker's read and its write (the write
+    /// carries the read's resourceVersion); not admitted, not counted as tried.
+    stale: usize,
     /// Refusals by the rule their message names.
     rules: BTreeMap<String, usize>,
     example: Option<String>,
@@ -565,7 +568,7 @@ struct AttackStats {
 
 /// What answered one attack.
 enum Answer {
-    Answered,
+    Given,
     Unauthorized,
     Missing,
 }
@@ -699,11 +702,15 @@ impl Attacker {
                 );
                 log(format!("misbehaving agent: {f}"));
                 self.findings.push(f);
-                Answer::Answered
+                Answer::Given
             }
             Err(kube::Error::Api(e)) if e.code == 401 => {
                 s.no_answer += 1;
                 Answer::Unauthorized
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                s.stale += 1;
+                Answer::Given
             }
             Err(kube::Error::Api(e)) if e.code >= 500 || e.code == 429 => {
                 s.no_answer += 1;
@@ -723,7 +730,7 @@ impl Attacker {
                 if s.example.is_none() {
                     s.example = Some(format!("{} {}", e.code, e.message));
                 }
-                Answer::Answered
+                Answer::Given
             }
             Err(_) => {
                 s.no_answer += 1;
@@ -782,6 +789,30 @@ impl Attacker {
         }
     }
 
+    /// A target for one attack: up to three random candidates from the (cached) list,
+    /// each read again through the token (a consistent read), the first that still is
+    /// what the attack aims at. The write then carries that read's resourceVersion, so
+    /// the API server admits or refuses it against exactly that state; an item that
+    /// moved on in between answers 409 and counts as stale, not as tried.
+    async fn fresh(
+        items: &Api<WorkItem>,
+        candidates: &[&WorkItem],
+        wanted: impl Fn(&WorkItem) -> bool,
+    ) -> Option<WorkItem> {
+        for _ in 0..3 {
+            if candidates.is_empty() {
+                return None;
+            }
+            let name = candidates[rand::rng().random_range(0..candidates.len())].name_any();
+            if let Ok(i) = items.get(&name).await
+                && wanted(&i)
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// One round: every attack once on a target picked from what the token can read.
     async fn round(&mut self) {
         use k8s_openapi::api::coordination::v1::Lease;
@@ -812,70 +843,73 @@ impl Attacker {
             }
             Err(_) => return,
         };
-        let phase = |i: &WorkItem| i.status.as_ref().and_then(|s| s.phase);
-        let holder = |i: &WorkItem| {
+        fn phase(i: &WorkItem) -> Option<Phase> {
+            i.status.as_ref().and_then(|s| s.phase)
+        }
+        fn holder(i: &WorkItem) -> Option<String> {
             i.status
                 .as_ref()
                 .and_then(|s| s.claim.as_ref())
                 .map(|c| c.agent.clone())
+        }
+        fn epoch_attempt(i: &WorkItem) -> (i64, i32) {
+            let s = i.status.clone().unwrap_or_default();
+            (s.claim.map(|c| c.epoch).unwrap_or(0), s.attempt)
+        }
+        let is_queued = |i: &WorkItem| matches!(phase(i), None | Some(Phase::Queued));
+        // Running under another agent's claim, the attempt not ended.
+        let is_foreign = |i: &WorkItem| {
+            phase(i) == Some(Phase::Running)
+                && holder(i).is_some_and(|h| h != me)
+                && i.status.as_ref().is_some_and(|s| s.outcome.is_none())
         };
-        let queued: Vec<&WorkItem> = list
-            .iter()
-            .filter(|i| matches!(phase(i), None | Some(Phase::Queued)))
-            .collect();
-        let foreign: Vec<&WorkItem> = list
-            .iter()
-            .filter(|i| {
-                phase(i) == Some(Phase::Running)
-                    && holder(i).is_some_and(|h| h != me)
-                    && i.status.as_ref().is_some_and(|s| s.outcome.is_none())
-            })
-            .collect();
-        let finished: Vec<&WorkItem> = list
-            .iter()
-            .filter(|i| phase(i) == Some(Phase::Succeeded))
-            .collect();
+        let is_finished = |i: &WorkItem| phase(i) == Some(Phase::Succeeded);
+        let queued: Vec<&WorkItem> = list.iter().filter(|i| is_queued(i)).collect();
+        let foreign: Vec<&WorkItem> = list.iter().filter(|i| is_foreign(i)).collect();
+        let finished: Vec<&WorkItem> = list.iter().filter(|i| is_finished(i)).collect();
         let mine_finished: Vec<&WorkItem> = finished
             .iter()
             .copied()
             .filter(|i| holder(i).as_deref() == Some(me.as_str()))
             .collect();
-        fn pick<'a>(v: &[&'a WorkItem]) -> Option<&'a WorkItem> {
-            (!v.is_empty()).then(|| v[rand::rng().random_range(0..v.len())])
-        }
-        let epoch_attempt = |i: &WorkItem| {
-            let s = i.status.clone().unwrap_or_default();
-            (s.claim.map(|c| c.epoch).unwrap_or(0), s.attempt)
-        };
-        let pp = PatchParams::default();
+        let with_rv = |i: &WorkItem, status: Value| json!({"metadata": {"resourceVersion": i.resource_version()}, "status": status});
         let mut writes: Vec<(&'static str, String, Value)> = Vec::new();
-        if let Some(i) = pick(&queued) {
-            let (e, a) = epoch_attempt(i);
+        if let Some(i) = Self::fresh(&items, &queued, is_queued).await {
+            let (e, a) = epoch_attempt(&i);
             writes.push((
                 "claim_and_complete",
                 i.name_any(),
-                json!({"status": {"phase": "Succeeded", "attempt": a + 1,
-                    "claim": {"agent": me, "pod": me, "epoch": e + 1},
-                    "result": {"forgedBy": me}}}),
+                with_rv(
+                    &i,
+                    json!({"phase": "Succeeded", "attempt": a + 1,
+                        "claim": {"agent": me, "pod": me, "epoch": e + 1},
+                        "result": {"forgedBy": me}}),
+                ),
             ));
         }
-        if let Some(i) = pick(&foreign) {
+        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
             writes.push((
                 "complete_foreign",
                 i.name_any(),
-                json!({"status": {"phase": "Succeeded", "result": {"forgedBy": me}}}),
+                with_rv(
+                    &i,
+                    json!({"phase": "Succeeded", "result": {"forgedBy": me}}),
+                ),
             ));
         }
-        if let Some(i) = pick(&foreign) {
-            let (e, a) = epoch_attempt(i);
+        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
+            let (e, a) = epoch_attempt(&i);
             writes.push((
                 "steal_running",
                 i.name_any(),
-                json!({"status": {"phase": "Running", "attempt": a + 1,
-                    "claim": {"agent": me, "pod": me, "epoch": e + 1}}}),
+                with_rv(
+                    &i,
+                    json!({"phase": "Running", "attempt": a + 1,
+                        "claim": {"agent": me, "pod": me, "epoch": e + 1}}),
+                ),
             ));
         }
-        if let Some(i) = pick(&foreign) {
+        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
             let usage: serde_json::Map<String, Value> = i
                 .status
                 .as_ref()
@@ -889,42 +923,49 @@ impl Attacker {
             writes.push((
                 "usage_down_foreign",
                 i.name_any(),
-                json!({"status": {"usage": usage}}),
+                with_rv(&i, json!({"usage": usage})),
             ));
         }
-        if let Some(i) = pick(&foreign) {
+        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
             writes.push((
                 "budget_extension_foreign",
                 i.name_any(),
-                json!({"status": {"budgetExtension": {"wallSeconds": 1e9}}}),
+                with_rv(&i, json!({"budgetExtension": {"wallSeconds": 1e9}})),
             ));
         }
-        if let Some(i) = pick(&foreign) {
-            let (_, a) = epoch_attempt(i);
+        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
+            let (_, a) = epoch_attempt(&i);
             writes.push((
                 "attempt_foreign",
                 i.name_any(),
-                json!({"status": {"attempt": (a - 1).max(0)}}),
+                with_rv(&i, json!({"attempt": (a - 1).max(0)})),
             ));
         }
-        if let Some(i) = pick(&mine_finished).or_else(|| pick(&finished)) {
+        let finished_target = match Self::fresh(&items, &mine_finished, is_finished).await {
+            Some(i) => Some(i),
+            None => Self::fresh(&items, &finished, is_finished).await,
+        };
+        if let Some(i) = finished_target {
             writes.push((
                 "write_finished",
                 i.name_any(),
-                json!({"status": {"result": {"forgedBy": me}}}),
+                with_rv(&i, json!({"result": {"forgedBy": me}})),
             ));
         }
         // The dependency-cycle item of the invalid inputs: dependsOn, never queued.
-        let admin_items: Api<WorkItem> = Api::namespaced(self.admin.clone(), &self.ns);
-        if let Ok(Some(i)) = admin_items.get_opt("bad-cyc-a").await {
+        if let Ok(Some(i)) = items.get_opt("bad-cyc-a").await {
             let (e, a) = epoch_attempt(&i);
             writes.push((
                 "claim_waiting_dependency",
                 i.name_any(),
-                json!({"status": {"phase": "Running", "attempt": a + 1,
-                    "claim": {"agent": me, "pod": me, "epoch": e + 1}}}),
+                with_rv(
+                    &i,
+                    json!({"phase": "Running", "attempt": a + 1,
+                        "claim": {"agent": me, "pod": me, "epoch": e + 1}}),
+                ),
             ));
         }
+        let pp = PatchParams::default();
         for (kind, name, body) in writes {
             let r = items.patch_status(&name, &pp, &Patch::Merge(&body)).await;
             if let Answer::Unauthorized = self.record(kind, &name, r) {
@@ -958,11 +999,14 @@ impl Attacker {
                 json!({"spec": {"leaseDurationSeconds": 1}}),
             ));
         }
-        lease_writes.push((
-            "lease_own_duration",
-            own,
-            json!({"spec": {"leaseDurationSeconds": 1}}),
-        ));
+        // Its own Lease once its agent has created it.
+        if matches!(leases.get_opt(&own).await, Ok(Some(_))) {
+            lease_writes.push((
+                "lease_own_duration",
+                own,
+                json!({"spec": {"leaseDurationSeconds": 1}}),
+            ));
+        }
         for (kind, name, body) in lease_writes {
             let r = leases.patch(&name, &pp, &Patch::Merge(&body)).await;
             if let Answer::Unauthorized = self.record(kind, &name, r) {
@@ -993,7 +1037,7 @@ impl Attacker {
                     (*k).to_owned(),
                     json!({"tried": s.tried, "refused": s.refused,
                         "refused_other": s.refused_other, "accepted": s.accepted,
-                        "no_answer": s.no_answer, "refused_by_rule": s.rules,
+                        "no_answer": s.no_answer, "stale": s.stale, "refused_by_rule": s.rules,
                         "example": s.example}),
                 )
             })
@@ -1442,7 +1486,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
         "attacks_accepted": attacks_accepted,
         "attacks": attacker.report(),
         "items_with_forged_result": forged,
-        "attacker_is": "a task of the driver with a TokenRequest token of the pool's service account triad-agent-chaos, bound to a running agent pod of the pool (a new token when that pod is deleted); every 2 s while the faults run it reads items and Leases with that token and tries each attack once on a random target, with real (not dry-run) merge patches",
+        "attacker_is": "a task of the driver with a TokenRequest token of the pool's service account triad-agent-chaos, bound to a running agent pod of the pool (a new token when that pod is deleted); every 2 s while the faults run it lists items and Leases with that token, reads each attack's random target again and tries the attack once, as a real (not dry-run) merge patch carrying that read's resourceVersion (so it is judged against the state it aims at; 409 = stale, not tried)",
         "controller_crashes": roles.crashes,
         "controller_exits": roles.exits,
         "max_recovery_s": round(max_rec, 1),
@@ -1493,8 +1537,8 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "  attack {k:<26} tried {:>3} refused {:>3} other {:>2} accepted {} ({rules})",
-            s.tried, s.refused, s.refused_other, s.accepted
+            "  attack {k:<26} tried {:>3} refused {:>3} other {:>2} accepted {} stale {:>2} ({rules})",
+            s.tried, s.refused, s.refused_other, s.accepted, s.stale
         );
     }
     for f in &attacker.findings {
