@@ -585,6 +585,71 @@ async fn agent_pod_rss(client: &Client, ns: &str, pool: &str) -> Value {
     json!({"agent": round(agent, 1), "runner": round(runner, 1), "total": round(agent + runner, 1)})
 }
 
+fn apiserver_ms(cpu_ms_per_item: &Value) -> f64 {
+    cpu_ms_per_item["kube-apiserver"].as_f64().unwrap_or(0.0)
+}
+
+/// The agent admission policies' cost at 10 agents: the run just made without them,
+/// then the same run with the chart's policies installed, then without them once more
+/// (so a drift over the three runs shows as a difference between the two without).
+/// items/s and kube-apiserver CPU ms per item for each.
+async fn admission_cost_runs(
+    client: &Client,
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    items: usize,
+    conc: usize,
+    without: (f64, f64),
+) -> anyhow::Result<Value> {
+    log("admission cost: the 10-agent run again with the chart's agent policies");
+    install_agent_policy(kubeconfig, ns).await?;
+    // A policy binding takes effect within a second or two; this is a benchmark's
+    // settle time, not a synchronisation a test relies on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let with = throughput(
+        client,
+        ns,
+        "n10-policy",
+        items,
+        conc,
+        "10 agents, policies on",
+    )
+    .await?;
+    delete_run(client, ns, "n10-policy").await;
+    remove_agent_policy(kubeconfig)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = throughput(
+        client,
+        ns,
+        "n10-again",
+        items,
+        conc,
+        "10 agents, policies off",
+    )
+    .await?;
+    delete_run(client, ns, "n10-again").await;
+    let with_rate = with.items_per_s();
+    let with_ms = apiserver_ms(&with.cpu_ms_per_item);
+    let off = [
+        without,
+        (again.items_per_s(), apiserver_ms(&again.cpu_ms_per_item)),
+    ];
+    let mean = |f: fn(&(f64, f64)) -> f64| off.iter().map(f).sum::<f64>() / off.len() as f64;
+    let (off_rate, off_ms) = (mean(|x| x.0), mean(|x| x.1));
+    log(format!(
+        "admission cost: {with_rate:.1} items/s with the policies vs {off_rate:.1} without ({:.1} and {:.1}); kube-apiserver {with_ms:.2} vs {off_ms:.2} CPU ms/item",
+        off[0].0, off[1].0
+    ));
+    Ok(json!({
+        "method": "10 agents, the same item count three times in a row: without the chart's agent admission policies, with them (helm template --show-only templates/agent-policy.yaml), without again; 'without' is the mean of the two",
+        "items_per_s": {"without": round(off_rate, 1), "with": round(with_rate, 1),
+            "without_runs": [round(off[0].0, 1), round(off[1].0, 1)]},
+        "apiserver_cpu_ms_per_item": {"without": round(off_ms, 2), "with": round(with_ms, 2),
+            "without_runs": [round(off[0].1, 2), round(off[1].1, 2)]},
+        "ratio_items_per_s": round(with_rate / off_rate.max(1e-9), 3),
+    }))
+}
+
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let client = client(&a.kubeconfig).await?;
@@ -623,6 +688,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut claim_latency_e2e = json!(null);
     let mut per_item_latency: Option<Latency> = None;
     let mut agent_pod_rss_mb = json!(null);
+    let mut admission_cost = json!(null);
     for (idx, &n) in a.agents.iter().enumerate() {
         let m = a.items.get(idx).copied().unwrap_or(1000);
         log(format!("{n} agents: scaling the pool"));
@@ -705,6 +771,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             });
         }
         delete_run(&client, ns, &run).await;
+        if n == 10 {
+            let without = (rate, apiserver_ms(cpu));
+            admission_cost =
+                admission_cost_runs(&client, &a.kubeconfig, ns, m, a.concurrency, without).await?;
+        }
     }
     let headline = items_per_s
         .get(&max_agents.to_string())
@@ -951,6 +1022,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "agent_rss_mb": round(agent_rss, 1),
         "agent_rss_parts_mb": {"anonymous": round(agent_anon, 1), "file": round(agent_file, 1)},
         "agent_pod_rss_mb": agent_pod_rss_mb,
+        "admission_cost": admission_cost,
         "agent_pod_rss_method": "one pod of the 10-agent per-item pool, ready and idle: the VmRSS of every process of its `triad-agent` container (agent) and of its work container (runner: `triad runner` waiting for an item), found by cgroup; pages shared between processes count once per process",
         "items_stored": a.big,
         "create_rate_per_s": round(create_rate, 1),

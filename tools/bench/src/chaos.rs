@@ -456,68 +456,6 @@ exit 0"#;
     Ok(out)
 }
 
-/// `helm template` of the chart's agent admission policies (templates/agent-policy.yaml,
-/// bound to every namespace as a default install binds them), applied with kubectl
-/// before the operator and the agents start: the run shows the policies do not hinder
-/// legitimate agents, and the misbehaving agent runs into them. Returns kubectl's lines.
-async fn install_agent_policy(kubeconfig: &Path, ns: &str) -> anyhow::Result<Vec<String>> {
-    use std::process::{Command, Stdio};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let helm = match std::env::var("TRIAD_HELM") {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let out = Command::new("bash")
-                .arg("-c")
-                .arg("source hack/lib.sh >/dev/null && need_tools helm >&2 && command -v helm")
-                .current_dir(&root)
-                .output()?;
-            let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            anyhow::ensure!(
-                out.status.success() && !path.is_empty(),
-                "helm not found: run `make tools` (or set TRIAD_HELM)"
-            );
-            PathBuf::from(path)
-        }
-    };
-    let out = Command::new(&helm)
-        .args(["template", "triad", "charts/triad", "--namespace", ns])
-        .args(["--show-only", "templates/agent-policy.yaml"])
-        .current_dir(&root)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kubectl = std::env::var("TRIAD_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut child = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    {
-        use std::io::Write;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("kubectl has no stdin"))?;
-        stdin.write_all(&out.stdout)?;
-    }
-    let applied = child.wait_with_output()?;
-    anyhow::ensure!(
-        applied.status.success(),
-        "kubectl apply of the agent policy failed: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    Ok(String::from_utf8_lossy(&applied.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
-}
-
 /// The misbehaving agent's writes, one name per kind of attack.
 const ATTACKS: [&str; 11] = [
     // A Queued (or status-less) item claimed and completed in one write, result forged.
