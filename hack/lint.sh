@@ -146,7 +146,10 @@ spec:
 CRD
 done
 kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
-kubectl create namespace triad-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# The release namespace, and the custom set's watchNamespace (its Roles live there).
+for namespace in triad-system work; do
+  kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+done
 for name in "${!SETS[@]}"; do
   kubectl apply --dry-run=server -f "$WORK/$name.yaml" >"$WORK/$name.out" ||
     fail "server-side dry run of the $name values (output: $WORK/$name.out)"
