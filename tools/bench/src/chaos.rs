@@ -727,7 +727,7 @@ impl Attacker {
         }
     }
 
-    /// A target for one attack: up to three random candidates from the (cached) list,
+    /// A target for one attack: up to six random candidates from the (cached) list,
     /// each read again through the token (a consistent read), the first that still is
     /// what the attack aims at. The write then carries that read's resourceVersion, so
     /// the API server admits or refuses it against exactly that state; an item that
@@ -737,7 +737,7 @@ impl Attacker {
         candidates: &[&WorkItem],
         wanted: impl Fn(&WorkItem) -> bool,
     ) -> Option<WorkItem> {
-        for _ in 0..3 {
+        for _ in 0..6 {
             if candidates.is_empty() {
                 return None;
             }
@@ -811,6 +811,7 @@ impl Attacker {
             .filter(|i| holder(i).as_deref() == Some(me.as_str()))
             .collect();
         let with_rv = |i: &WorkItem, status: Value| json!({"metadata": {"resourceVersion": i.resource_version()}, "status": status});
+        let pp = PatchParams::default();
         let mut writes: Vec<(&'static str, String, Value)> = Vec::new();
         if let Some(i) = Self::fresh(&items, &queued, is_queued).await {
             let (e, a) = epoch_attempt(&i);
@@ -823,60 +824,6 @@ impl Attacker {
                         "claim": {"agent": me, "pod": me, "epoch": e + 1},
                         "result": {"forgedBy": me}}),
                 ),
-            ));
-        }
-        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
-            writes.push((
-                "complete_foreign",
-                i.name_any(),
-                with_rv(
-                    &i,
-                    json!({"phase": "Succeeded", "result": {"forgedBy": me}}),
-                ),
-            ));
-        }
-        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
-            let (e, a) = epoch_attempt(&i);
-            writes.push((
-                "steal_running",
-                i.name_any(),
-                with_rv(
-                    &i,
-                    json!({"phase": "Running", "attempt": a + 1,
-                        "claim": {"agent": me, "pod": me, "epoch": e + 1}}),
-                ),
-            ));
-        }
-        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
-            let usage: serde_json::Map<String, Value> = i
-                .status
-                .as_ref()
-                .map(|s| s.usage.keys().map(|k| (k.clone(), json!(0))).collect())
-                .unwrap_or_default();
-            let usage = if usage.is_empty() {
-                json!({"wallSeconds": 0})
-            } else {
-                Value::Object(usage)
-            };
-            writes.push((
-                "usage_down_foreign",
-                i.name_any(),
-                with_rv(&i, json!({"usage": usage})),
-            ));
-        }
-        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
-            writes.push((
-                "budget_extension_foreign",
-                i.name_any(),
-                with_rv(&i, json!({"budgetExtension": {"wallSeconds": 1e9}})),
-            ));
-        }
-        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
-            let (_, a) = epoch_attempt(&i);
-            writes.push((
-                "attempt_foreign",
-                i.name_any(),
-                with_rv(&i, json!({"attempt": (a - 1).max(0)})),
             ));
         }
         let finished_target = match Self::fresh(&items, &mine_finished, is_finished).await {
@@ -903,7 +850,48 @@ impl Attacker {
                 ),
             ));
         }
-        let pp = PatchParams::default();
+        for (kind, name, body) in writes.drain(..) {
+            let r = items.patch_status(&name, &pp, &Patch::Merge(&body)).await;
+            if let Answer::Unauthorized = self.record(kind, &name, r) {
+                self.client = None;
+                return;
+            }
+        }
+        // Another agent's Running item: an attempt lasts well under a second here, so
+        // one fresh read and every attack on it at once, right after the read.
+        if let Some(i) = Self::fresh(&items, &foreign, is_foreign).await {
+            let (e, a) = epoch_attempt(&i);
+            let usage: serde_json::Map<String, Value> = i
+                .status
+                .as_ref()
+                .map(|s| s.usage.keys().map(|k| (k.clone(), json!(0))).collect())
+                .unwrap_or_default();
+            let usage = if usage.is_empty() {
+                json!({"wallSeconds": 0})
+            } else {
+                Value::Object(usage)
+            };
+            let name = i.name_any();
+            for (kind, status) in [
+                (
+                    "complete_foreign",
+                    json!({"phase": "Succeeded", "result": {"forgedBy": me}}),
+                ),
+                (
+                    "steal_running",
+                    json!({"phase": "Running", "attempt": a + 1,
+                        "claim": {"agent": me, "pod": me, "epoch": e + 1}}),
+                ),
+                ("usage_down_foreign", json!({"usage": usage})),
+                (
+                    "budget_extension_foreign",
+                    json!({"budgetExtension": {"wallSeconds": 1e9}}),
+                ),
+                ("attempt_foreign", json!({"attempt": (a - 1).max(0)})),
+            ] {
+                writes.push((kind, name.clone(), with_rv(&i, status)));
+            }
+        }
         for (kind, name, body) in writes {
             let r = items.patch_status(&name, &pp, &Patch::Merge(&body)).await;
             if let Answer::Unauthorized = self.record(kind, &name, r) {
