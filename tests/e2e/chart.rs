@@ -1143,7 +1143,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     let ns = TestNamespace::new("metrics").await;
     let queue: triad::api::WorkQueue = serde_json::from_value(json!({
         "apiVersion": "triad.dev/v1alpha1", "kind": "WorkQueue",
-        "metadata": {"name": "q"}, "spec": {}
+        "metadata": {"name": "q"}, "spec": {"supervision": {"cancelGraceSeconds": 5}}
     }))
     .unwrap();
     ns.api::<triad::api::WorkQueue>()
@@ -1194,7 +1194,10 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
                 "--",
                 "sh",
                 "-c",
-                r#"case "$TRIAD_PAYLOAD" in *slow*) exec sleep 60;; esac"#,
+                // The slow item ignores SIGTERM, so the cancel lasts the queue's grace:
+                // long enough for the supervisor to record it as an intervention
+                // (the agent alone would otherwise end it first, now and then).
+                r#"case "$TRIAD_PAYLOAD" in *slow*) trap '' TERM; sleep 60;; esac"#,
             ])
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "warn")
@@ -1267,12 +1270,23 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             );
             async move {
                 let body = http_get(&addr, "/metrics").await?;
-                let leads = body.contains("triad_leader{role=\"scheduler\"} 1");
-                let decided =
-                    body.contains("triad_scheduler_decisions_total{decision=\"admitted\"}");
-                let intervened = body.contains("triad_interventions_total{monitor=\"user\"");
-                (body.contains(&q) && body.contains(&p) && leads && decided && intervened)
-                    .then_some(body)
+                let want = [
+                    q.as_str(),
+                    p.as_str(),
+                    "triad_leader{role=\"scheduler\"} 1",
+                    "triad_scheduler_decisions_total{decision=\"admitted\"}",
+                    "triad_interventions_total{monitor=\"user\"",
+                ];
+                let absent: Vec<String> = want
+                    .iter()
+                    .filter(|w| !body.contains(*w))
+                    .map(|w| (*w).to_owned())
+                    .collect();
+                if !absent.is_empty() {
+                    // Shown when the wait times out.
+                    eprintln!("controller metrics still missing: {absent:?}");
+                }
+                absent.is_empty().then_some(body)
             }
         },
     )

@@ -289,8 +289,12 @@ async fn killing_the_agent_the_runner_or_the_work_never_completes_an_item_twice(
         .await;
         match victim {
             Victim::AgentContainer => {
-                let pod = holder_pod(&ns, &name).await;
-                let id = container_id(&pod, AGENT_CONTAINER).expect("agent container");
+                // Read until the status shows the agent container running (it may lag
+                // the container that has just claimed the item).
+                let id = wait_for(WAIT, &format!("{name}: the agent container"), || async {
+                    container_id(&holder_pod(&ns, &name).await, AGENT_CONTAINER)
+                })
+                .await;
                 node_tool("crictl", &["stop", "--timeout", "0", &id]).expect("crictl stop");
             }
             Victim::Runner | Victim::WorkProcess => {
