@@ -630,6 +630,73 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
     assert!(m.contains("rule holder"), "{m}");
     refused_count += 1;
 
+    // 6b. Another pool's queue: agent z's pool serves q; an item on queue "other" is
+    // not its to claim (the rule reads the AgentPool; its binding may lag a moment).
+    let pool: triad::api::AgentPool = serde_json::from_value(json!({
+        "apiVersion": "triad.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": "z"},
+        "spec": {"queues": [{"name": "q"}], "replicas": 0,
+                 "template": {"spec": {"containers": [{"name": "work", "image": "triad:dev",
+                                                       "command": ["true"]}]}}}
+    }))
+    .expect("pool");
+    ns.api::<triad::api::AgentPool>()
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool z");
+    // A second pool that does serve "other": the rule is judged per pool, and every
+    // pool's judgement must pass, so y's cannot let z's agent in.
+    let mut y = pool.clone();
+    y.metadata.name = Some("y".into());
+    y.spec.queues[0].name = "other".into();
+    ns.api::<triad::api::AgentPool>()
+        .create(&PostParams::default(), &y)
+        .await
+        .expect("create pool y");
+    let other: WorkItem = serde_json::from_value(json!({
+        "apiVersion": "triad.dev/v1alpha1", "kind": "WorkItem",
+        "metadata": {"name": "elsewhere"}, "spec": {"queue": "other"}
+    }))
+    .expect("item");
+    items
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("create item on another queue");
+    let claim_other = json!({"status": {"phase": "Running", "attempt": 1,
+        "claim": {"agent": me, "epoch": 1}}});
+    let m = wait_for(WAIT, "the claim-queue rule to enforce", || {
+        let as_agent = as_agent.clone();
+        let claim_other = claim_other.clone();
+        async move {
+            match as_agent
+                .patch_status(
+                    "elsewhere",
+                    &PatchParams::default().dry_run(),
+                    &Patch::Merge(&claim_other),
+                )
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.message.contains("rule claim-queue") => {
+                    Some(s.message)
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(m.contains("serve q, not queue other"), "{m}");
+    refused_count += 1;
+    // The same agent's claim on its own pool's queue still passes (dry run).
+    create_item(&ns, "mine").await;
+    as_agent
+        .patch_status(
+            "mine",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(&claim_other),
+        )
+        .await
+        .expect("a claim on its own pool's queue passes");
+
     // 7. Leases: another agent's, a foreign holder, a changed duration.
     let leases: Api<Lease> = Api::namespaced(agent, &ns.name);
     let lease = |name: &str, holder: &str, secs: i32| -> Lease {
@@ -696,7 +763,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
     );
     assert!(m.contains("rule own-lease"), "{m}");
     refused_count += 1;
-    assert_eq!(refused_count, 17, "attacks tried and refused");
+    assert_eq!(refused_count, 18, "attacks tried and refused");
 }
 
 /// What `kubectl auth can-i` says for a service account.
