@@ -388,6 +388,14 @@ fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> String {
     }
 }
 
+/// The admission policy's refusal of a fenced write; panics on anything else.
+fn refused_fenced<T: std::fmt::Debug>(result: Result<T, triad::k8s::fence::FenceError>) -> String {
+    match result {
+        Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// Each attack an agent's own token could make on item status and Leases, replayed
 /// against the real API server with a pod-bound agent token: every one is refused with
 /// the rule's message, while the legitimate writes of the same agent pass.
@@ -490,10 +498,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
         ),
     ] {
         let r = fenced_patch(&as_agent, "forge", &fence, ops).await;
-        let m = match r {
-            Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
-            other => panic!("expected a refusal, got {other:?}"),
-        };
+        let m = refused_fenced(r);
         assert!(m.contains(rule), "{rule}: {m}");
         refused_count += 1;
     }
@@ -515,10 +520,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
         json!({"tokens": 950.0}),
     ] {
         let r = fenced_patch(&as_agent, "forge", &fence, vec![set("usage", usage)]).await;
-        let m = match r {
-            Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
-            other => panic!("expected a refusal, got {other:?}"),
-        };
+        let m = refused_fenced(r);
         assert!(m.contains("rule usage"), "{m}");
         refused_count += 1;
     }
@@ -568,10 +570,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
             vec![set("conditions", conditions)],
         )
         .await;
-        let m = match r {
-            Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
-            other => panic!("expected a refusal, got {other:?}"),
-        };
+        let m = refused_fenced(r);
         assert!(m.contains("rule conditions"), "{m}");
         refused_count += 1;
     }
@@ -599,10 +598,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
         vec![set("phase", json!(Phase::Succeeded))],
     )
     .await;
-    let m = match r {
-        Err(triad::k8s::fence::FenceError::Api(e)) => refused::<()>(Err(e)),
-        other => panic!("expected a refusal, got {other:?}"),
-    };
+    let m = refused_fenced(r);
     assert!(
         m.contains("rule holder") && m.contains("LeaseExpired"),
         "{m}"
