@@ -92,15 +92,16 @@ pub fn may_reclaim(
     now >= add(supervisor_started_at, signed(lease_duration))
 }
 
-/// Tracks one lease as the supervisor sees it: `marker` is anything that changes on
-/// every renewal (its resourceVersion, or its renewTime as a string).
+/// Tracks one thing an agent renews, as the supervisor sees it on its own clock: a
+/// Lease (`marker`: its resourceVersion) or an item's progress ([`progress_marker`]).
+/// What the agent writes about time is never compared with the supervisor's clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseObserver {
+pub struct ChangeObserver {
     marker: String,
     changed_at: Timestamp,
 }
 
-impl LeaseObserver {
+impl ChangeObserver {
     /// First sight counts as a change: we cannot know how old the renewal is.
     pub fn new(marker: impl Into<String>, now: Timestamp) -> Self {
         Self {
@@ -135,10 +136,26 @@ impl LeaseObserver {
 
 // --- Monitors' pure parts ----------------------------------------------------------
 
-/// When the stall began, if the item has stalled: no progress (percent, checkpoint or
-/// usage change, i.e. `progress.updatedAt`) for `stall_seconds`, counted from the later
-/// of the last progress and the attempt's start, so progress of an earlier attempt
-/// does not count. None while unknown (no attempt start) or not stalled.
+/// What changes whenever the holder reports progress (percent, checkpoint or usage
+/// change: each write sets `progress.updatedAt`) or a new attempt starts (the epoch).
+/// Its value is compared only with itself: the agent's clock never meets ours.
+pub fn progress_marker(item: &WorkItem) -> String {
+    let updated = item
+        .status
+        .as_ref()
+        .and_then(|s| s.progress.as_ref())
+        .and_then(|p| p.updated_at.as_ref())
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    format!("{}|{updated}", item.epoch())
+}
+
+/// When the stall began, if the item has stalled: no progress for `stall_seconds`,
+/// counted from the later of the last progress and the attempt's start, so progress of
+/// an earlier attempt does not count. Both are when the supervisor saw them (a
+/// [`ChangeObserver`] of [`progress_marker`]), never the agent's timestamps: an agent
+/// whose clock runs behind would otherwise look stalled on every attempt. None while
+/// unknown or not stalled.
 pub fn stall_since(
     last_progress: Option<Timestamp>,
     attempt_started: Option<Timestamp>,
@@ -1205,7 +1222,7 @@ mod tests {
         let d = 15 * SEC;
         assert!(!lease_is_stale(t(0), d, t(14)));
         assert!(lease_is_stale(t(0), d, t(15)));
-        let mut obs = LeaseObserver::new("rv1", t(0));
+        let mut obs = ChangeObserver::new("rv1", t(0));
         assert!(!obs.observe("rv1", t(10)), "no change");
         assert!(!obs.is_stale(d, t(14)));
         assert!(obs.observe("rv2", t(14)), "renewed");
@@ -1219,7 +1236,7 @@ mod tests {
     #[test]
     fn first_sight_of_an_old_lease_is_not_stale() {
         // However old its renewTime, we have not watched it for a lease duration yet.
-        let obs = LeaseObserver::new("renewed-long-ago", t(100));
+        let obs = ChangeObserver::new("renewed-long-ago", t(100));
         assert!(!obs.is_stale(15 * SEC, t(110)));
     }
 
@@ -1227,6 +1244,25 @@ mod tests {
     fn no_reclaim_within_a_lease_duration_of_our_start() {
         assert!(!may_reclaim(t(0), 15 * SEC, t(14)));
         assert!(may_reclaim(t(0), 15 * SEC, t(15)));
+    }
+
+    #[test]
+    fn the_progress_marker_changes_with_each_report_and_each_attempt() {
+        let mut wi = running();
+        let first = progress_marker(&wi);
+        let status = wi.status.get_or_insert_with(Default::default);
+        status.progress = Some(crate::api::Progress {
+            updated_at: Some(Time(t(5))),
+            ..Default::default()
+        });
+        let reported = progress_marker(&wi);
+        assert_ne!(first, reported);
+        // The same report read again is no change, whatever our clock says.
+        assert_eq!(reported, progress_marker(&wi.clone()));
+        if let Some(c) = wi.status.as_mut().and_then(|s| s.claim.as_mut()) {
+            c.epoch += 1;
+        }
+        assert_ne!(reported, progress_marker(&wi), "a new attempt is a change");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! It never assigns work and never chooses what follows an attempt: it writes
 //! conditions, cancel requests and fence-outs (outcomes), and the scheduler decides.
 //!
-//! Shape: a Lease watch feeds one `LeaseObserver` per agent Lease (staleness measured
+//! Shape: a Lease watch feeds one `ChangeObserver` per agent Lease (staleness measured
 //! on our own clock); a watch of agent pods (label `triad.dev/pool`) feeds the pod
 //! health monitor; a watch of Running items (field selector `status.phase=Running`)
 //! and a WorkQueue cache feed a dedup reconcile queue. Each Running item is rechecked
@@ -32,10 +32,10 @@ use tracing::{debug, info, warn};
 
 use crate::api::{AgentPool, Counters, Phase, Supervision, Timeouts, WorkItem, WorkQueue, labels};
 use crate::core::supervision::{
-    Action, AgentHealth, LeaseObserver, Monitor, Orphans, PodHealth, RULE_ATTEMPT_TIMEOUT,
+    Action, AgentHealth, ChangeObserver, Monitor, Orphans, PodHealth, RULE_ATTEMPT_TIMEOUT,
     RULE_PAST_DEADLINE, Signal, Step, attempt_started_at, attempt_timed_out, budget_signals,
     deadline_passed_at, decide, effective_budget, leftover_conditions, may_reclaim, pod_health,
-    reported_violation, stall_since, violation_signal,
+    progress_marker, reported_violation, stall_since, violation_signal,
 };
 use crate::k8s::lease::AGENT_LEASE_SELECTOR;
 use crate::k8s::queue::ReconcileQueue;
@@ -55,7 +55,7 @@ const WORKERS: usize = 4;
 const POD_CHECK: Duration = Duration::from_secs(5);
 
 struct SeenLease {
-    observer: LeaseObserver,
+    observer: ChangeObserver,
     /// What the Lease says of itself: trusted only for an agent whose pool is unknown.
     duration: Duration,
 }
@@ -69,6 +69,8 @@ struct Supervisor {
     leases: Mutex<HashMap<Key, SeenLease>>,
     /// Per Running item: what its usage and violations counters last counted.
     seen: Mutex<HashMap<Key, accounting::Seen>>,
+    /// Per Running item: when we last saw its progress change (our clock).
+    progress: Mutex<HashMap<Key, ChangeObserver>>,
     /// Per agent pod: the health last reported with an Event.
     health: Mutex<HashMap<Key, AgentHealth>>,
     pods_changed: tokio::sync::Notify,
@@ -153,6 +155,7 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
         pools,
         leases: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
+        progress: Mutex::new(HashMap::new()),
         health: Mutex::new(HashMap::new()),
         pods_changed: tokio::sync::Notify::new(),
         missing: Mutex::new(HashMap::new()),
@@ -192,19 +195,26 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::Apply(i)) => {
+                        sup.observe_progress(&i);
                         sup.account(&i, false, false);
                         if let Some(key) = key_of(&i) {
                             sup.queue.add(key);
                         }
                     }
                     Ok(watcher::Event::InitApply(i)) => {
+                        sup.observe_progress(&i);
                         sup.account(&i, true, false);
                         if let Some(key) = key_of(&i) {
                             sup.queue.add(key);
                         }
                     }
                     // Left Running (or deleted): the last usage it reported counts.
-                    Ok(watcher::Event::Delete(i)) => sup.account(&i, false, true),
+                    Ok(watcher::Event::Delete(i)) => {
+                        if let Some(key) = key_of(&i) {
+                            sup.lock_progress().remove(&key);
+                        }
+                        sup.account(&i, false, true);
+                    }
                     Ok(_) => {}
                     Err(err) => warn!(%err, "WorkItem watch error; retrying"),
                 }
@@ -348,7 +358,7 @@ impl Supervisor {
                         leases.insert(
                             key,
                             SeenLease {
-                                observer: LeaseObserver::new(marker, now),
+                                observer: ChangeObserver::new(marker, now),
                                 duration,
                             },
                         );
@@ -386,6 +396,30 @@ impl Supervisor {
 
     fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<Key, accounting::Seen>> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_progress(&self) -> std::sync::MutexGuard<'_, HashMap<Key, ChangeObserver>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes, on our clock, whether a Running item's progress changed since we last saw it.
+    fn observe_progress(&self, item: &WorkItem) {
+        let Some(key) = key_of(item) else { return };
+        let marker = progress_marker(item);
+        let now = Timestamp::now();
+        self.lock_progress()
+            .entry(key)
+            .and_modify(|o| {
+                o.observe(&marker, now);
+            })
+            .or_insert_with(|| ChangeObserver::new(marker, now));
+    }
+
+    /// When we last saw this item's progress change, or its attempt start.
+    fn progress_seen_at(&self, key: &Key) -> Option<Timestamp> {
+        self.lock_progress()
+            .get(key)
+            .map(ChangeObserver::last_change_seen_at)
     }
 
     /// The queue's supervision policy, default budget and timeouts.
@@ -548,15 +582,9 @@ impl Supervisor {
         for item in self.items.state() {
             let Some(ns) = item.namespace() else { continue };
             let (policy, ..) = self.policy(&item);
-            let last = item
-                .status
-                .as_ref()
-                .and_then(|s| s.progress.as_ref())
-                .and_then(|p| p.updated_at.as_ref())
-                .map(|t| t.0);
+            let last = key_of(item.as_ref()).and_then(|k| self.progress_seen_at(&k));
             let stalled = item.phase() == Some(Phase::Running)
-                && stall_since(last, attempt_started_at(&item), policy.stall_seconds, now)
-                    .is_some();
+                && stall_since(last, None, policy.stall_seconds, now).is_some();
             let n = out.entry(ns).or_insert(0);
             if stalled {
                 *n += 1;
@@ -749,13 +777,10 @@ impl Supervisor {
                 (pod, h)
             });
         // Progress.
-        let last_progress = status
-            .progress
-            .as_ref()
-            .and_then(|p| p.updated_at.as_ref())
-            .map(|t| t.0);
+        // Judged by when we saw progress change (our clock), not by the agent's stamps.
+        let last_progress = self.progress_seen_at(key);
         let started = attempt_started_at(&item);
-        if let Some(since) = stall_since(last_progress, started, policy.stall_seconds, now) {
+        if let Some(since) = stall_since(last_progress, None, policy.stall_seconds, now) {
             signals.push(Signal::Stalled { since });
             fault(Monitor::Progress, since);
         }

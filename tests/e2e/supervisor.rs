@@ -776,3 +776,70 @@ async fn an_agent_lease_is_judged_by_its_pools_lease_seconds_not_by_what_it_says
         "the Lease still says 1 s (the test shortened it for the whole attempt)"
     );
 }
+
+/// An agent whose wall clock runs ten minutes behind writes `progress.updatedAt` in its
+/// own time. The supervisor judges stalls by when it sees progress change, on its own
+/// clock, so that agent is not stalled while it reports; once it stops, it is.
+#[tokio::test]
+async fn stalls_are_judged_on_the_supervisors_clock_not_the_agents() {
+    let ns = TestNamespace::new("sup-skew").await;
+    let _sup = start_role(&ns, Role::Supervisor).0;
+    let _sched = start_scheduler(&ns);
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"supervision": {"stallSeconds": 2, "cancelGraceSeconds": 2}}}),
+    )
+    .await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-k", &[], None, LEASE)
+        .await
+        .expect("lease");
+    let lease_name = lease.name.clone();
+    let _renew = keep_renewing(lease);
+    let claimed = claim_as(&items, "w", "agent-k", &lease_name, None).await;
+    let fence = Fence::of(&claimed).expect("claimed");
+
+    // Four stall periods of progress, one report a second, each stamped ten minutes
+    // behind the real time.
+    let skew = jiff::SignedDuration::from_mins(10);
+    for percent in 1..=8 {
+        let behind = jiff::Timestamp::now() - skew;
+        fenced_patch(
+            &items,
+            "w",
+            &fence,
+            vec![set(
+                "progress",
+                json!({"percent": percent, "updatedAt": behind.to_string()}),
+            )],
+        )
+        .await
+        .expect("progress");
+        let item = items.get("w").await.expect("item");
+        assert!(
+            condition_true(&item, conditions::STALLED).is_none(),
+            "stalled while reporting every second: {:?}",
+            item.status
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let item = items.get("w").await.expect("item");
+    let status = item.status.as_ref().expect("status");
+    assert!(
+        status.interventions.is_empty(),
+        "{:?}",
+        status.interventions
+    );
+
+    // Silence: now it stalls (the supervisor was judging all along).
+    wait_for(LONG, "Stalled once the reports stop", || async {
+        let item = items.get("w").await.ok()?;
+        condition_true(&item, conditions::STALLED).map(|_| ())
+    })
+    .await;
+}
