@@ -10,7 +10,10 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MODE="${1:?usage: hack/harness.sh bench|chaos}"
 NAME="$MODE"
-need_tools kubernetes etcd crictl
+need_tools kubernetes etcd crictl helm
+# Both harnesses render the chart's agent admission policies.
+TRIAD_HELM="$(command -v helm)"
+export TRIAD_HELM
 cd "$REPO_ROOT"
 extra=()
 case "$MODE" in
