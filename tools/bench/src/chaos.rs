@@ -39,6 +39,27 @@ pub struct ChaosArgs {
     pub interval: u64,
     #[arg(long, default_value_t = 1500)]
     pub deadline: u64,
+    /// Seeds every random choice the run makes (victims, attack targets); the report
+    /// records it. Default: a fresh one. Faults still land at times the machine decides,
+    /// so a replay repeats the choices, not every interleaving.
+    #[arg(long, env = "TRIAD_CHAOS_SEED")]
+    pub seed: Option<u64>,
+}
+
+/// The run's one random source, seeded from `--seed` (see [`ChaosArgs::seed`]).
+static RNG: std::sync::Mutex<Option<rand::rngs::StdRng>> = std::sync::Mutex::new(None);
+
+/// A random index below `n` (n > 0) from the run's seeded source.
+fn pick(n: usize) -> usize {
+    use rand::SeedableRng;
+    let mut rng = RNG.lock().unwrap_or_else(|p| p.into_inner());
+    rng.get_or_insert_with(|| rand::rngs::StdRng::seed_from_u64(0))
+        .random_range(0..n)
+}
+
+fn seed_rng(seed: u64) {
+    use rand::SeedableRng;
+    *RNG.lock().unwrap_or_else(|p| p.into_inner()) = Some(rand::rngs::StdRng::seed_from_u64(seed));
 }
 
 const LEASE: u64 = 6;
@@ -586,7 +607,7 @@ impl Attacker {
             .filter(pod_ready)
             .collect();
         anyhow::ensure!(!pods.is_empty(), "no ready agent pod to bind a token to");
-        let pod = pods[rand::rng().random_range(0..pods.len())].clone();
+        let pod = pods[pick(pods.len())].clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -741,7 +762,7 @@ impl Attacker {
             if candidates.is_empty() {
                 return None;
             }
-            let name = candidates[rand::rng().random_range(0..candidates.len())].name_any();
+            let name = candidates[pick(candidates.len())].name_any();
             if let Ok(i) = items.get(&name).await
                 && wanted(&i)
             {
@@ -913,7 +934,7 @@ impl Attacker {
         };
         let mut lease_writes: Vec<(&'static str, String, Value)> = Vec::new();
         if !others.is_empty() {
-            let other = others[rand::rng().random_range(0..others.len())].clone();
+            let other = others[pick(others.len())].clone();
             lease_writes.push((
                 "lease_foreign_holder",
                 other.clone(),
@@ -995,6 +1016,11 @@ enum Fault {
 }
 
 pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
+    let seed = a.seed.unwrap_or_else(rand::random::<u64>);
+    seed_rng(seed);
+    log(format!(
+        "chaos seed {seed} (--seed {seed} or TRIAD_CHAOS_SEED={seed} repeats its choices)"
+    ));
     std::fs::create_dir_all(&a.out)?;
     let out = std::fs::canonicalize(&a.out)?;
     let worklog = out.join("work.log");
@@ -1169,7 +1195,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
                 if agents.is_empty() {
                     continue;
                 }
-                let agent = agents[rand::rng().random_range(0..agents.len())].clone();
+                let agent = agents[pick(agents.len())].clone();
                 let (pod, id) = (&agent.pod, agent.id.as_str());
                 let short = id.get(..12).unwrap_or(id);
                 match fault {
@@ -1381,6 +1407,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<()> {
     let max_rec = recovery.values().cloned().fold(0.0, f64::max);
     let report = json!({
         "items": a.items,
+        "seed": seed,
         "succeeded": succeeded,
         "lost": lost,
         "double_completed": double.len(),
