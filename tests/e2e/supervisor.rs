@@ -195,29 +195,53 @@ async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     assert!(matches!(late, Err(FenceError::Fenced)), "got {late:?}");
 }
 
+/// A supervisor and a scheduler on a queue with `stallSeconds: 2`, and its item `w`
+/// claimed by `agent` under a Lease that keeps being renewed: the agent is alive, only
+/// its progress is in question.
+struct StallRun {
+    _ns: TestNamespace,
+    _roles: [tokio::task::JoinHandle<()>; 2],
+    _renew: tokio::task::JoinHandle<()>,
+    items: Api<WorkItem>,
+    fence: Fence,
+}
+
+impl StallRun {
+    async fn start(prefix: &str, agent: &str) -> Self {
+        let ns = TestNamespace::new(prefix).await;
+        let roles = [start_role(&ns, Role::Supervisor).0, start_scheduler(&ns)];
+        create::<WorkQueue>(
+            &ns,
+            json!({"metadata": {"name": "q"}, "spec": {"supervision": {"stallSeconds": 2, "cancelGraceSeconds": 2}}}),
+        )
+        .await;
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+        )
+        .await;
+        let items: Api<WorkItem> = ns.api();
+        let lease = AgentLease::acquire(ns.api::<Lease>(), agent, &[], None, LEASE)
+            .await
+            .expect("lease");
+        let lease_name = lease.name.clone();
+        let renew = keep_renewing(lease);
+        let claimed = claim_as(&items, "w", agent, &lease_name, None).await;
+        let fence = Fence::of(&claimed).expect("claimed");
+        Self {
+            _ns: ns,
+            _roles: roles,
+            _renew: renew,
+            items,
+            fence,
+        }
+    }
+}
+
 #[tokio::test]
 async fn no_progress_for_stall_seconds_marks_stalled_and_requests_a_restart() {
-    let ns = TestNamespace::new("sup-stall").await;
-    let _sup = start_role(&ns, Role::Supervisor).0;
-    let _sched = start_scheduler(&ns);
-    create::<WorkQueue>(
-        &ns,
-        json!({"metadata": {"name": "q"}, "spec": {"supervision": {"stallSeconds": 2, "cancelGraceSeconds": 2}}}),
-    )
-    .await;
-    create::<WorkItem>(
-        &ns,
-        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-    )
-    .await;
-    let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-s", &[], None, LEASE)
-        .await
-        .expect("lease");
-    let lease_name = lease.name.clone();
-    let _renew = keep_renewing(lease);
-    let claimed = claim_as(&items, "w", "agent-s", &lease_name, None).await;
-    let fence = Fence::of(&claimed).expect("claimed");
+    let run = StallRun::start("sup-stall", "agent-s").await;
+    let (items, fence) = (&run.items, &run.fence);
 
     let item = wait_for(LONG, "Stalled and CancelRequested", || async {
         let item = items.get("w").await.ok()?;
@@ -262,9 +286,9 @@ async fn no_progress_for_stall_seconds_marks_stalled_and_requests_a_restart() {
     );
     assert!(
         fenced_patch(
-            &items,
+            items,
             "w",
-            &fence,
+            fence,
             vec![set("progress", json!({"percent": 1}))]
         )
         .await
@@ -782,27 +806,8 @@ async fn an_agent_lease_is_judged_by_its_pools_lease_seconds_not_by_what_it_says
 /// clock, so that agent is not stalled while it reports; once it stops, it is.
 #[tokio::test]
 async fn stalls_are_judged_on_the_supervisors_clock_not_the_agents() {
-    let ns = TestNamespace::new("sup-skew").await;
-    let _sup = start_role(&ns, Role::Supervisor).0;
-    let _sched = start_scheduler(&ns);
-    create::<WorkQueue>(
-        &ns,
-        json!({"metadata": {"name": "q"}, "spec": {"supervision": {"stallSeconds": 2, "cancelGraceSeconds": 2}}}),
-    )
-    .await;
-    create::<WorkItem>(
-        &ns,
-        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-    )
-    .await;
-    let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-k", &[], None, LEASE)
-        .await
-        .expect("lease");
-    let lease_name = lease.name.clone();
-    let _renew = keep_renewing(lease);
-    let claimed = claim_as(&items, "w", "agent-k", &lease_name, None).await;
-    let fence = Fence::of(&claimed).expect("claimed");
+    let run = StallRun::start("sup-skew", "agent-k").await;
+    let (items, fence) = (&run.items, &run.fence);
 
     // Four stall periods of progress, one report a second, each stamped ten minutes
     // behind the real time.
@@ -810,9 +815,9 @@ async fn stalls_are_judged_on_the_supervisors_clock_not_the_agents() {
     for percent in 1..=8 {
         let behind = jiff::Timestamp::now() - skew;
         fenced_patch(
-            &items,
+            items,
             "w",
-            &fence,
+            fence,
             vec![set(
                 "progress",
                 json!({"percent": percent, "updatedAt": behind.to_string()}),
