@@ -76,39 +76,23 @@ impl Agent {
     }
 
     async fn get(&self, path: &str) -> Option<String> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        let ok = body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200");
-        ok.then_some(body)
+        http_get(self.port, path).await
     }
 
     pub(crate) async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.get("/readyz").await.is_some() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "agent {} exited before it was ready: {status}\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent {} not ready in 30s\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (port, name, child) = (self.port, self.name.clone(), &mut self.child);
+        wait_for(
+            Duration::from_secs(30),
+            &format!("agent {name} to be ready"),
+            || {
+                // Its log's last lines are printed when the Agent is dropped.
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("agent {name} exited before it was ready: {status}");
+                }
+                async move { http_get(port, "/readyz").await.map(|_| ()) }
+            },
+        )
+        .await;
     }
 
     /// The value of one metric sample (exact name with labels), 0 when absent.
@@ -141,19 +125,11 @@ impl Agent {
     }
 
     async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent {} did not exit in {timeout:?}\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (name, child) = (self.name.clone(), &mut self.child);
+        wait_for(timeout, &format!("agent {name} to exit"), || {
+            std::future::ready(child.try_wait().expect("try_wait"))
+        })
+        .await
     }
 
     fn running(&mut self) -> bool {
@@ -165,6 +141,20 @@ impl Agent {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
+}
+
+/// GET `path` from an agent's metrics server on `port`: the body of a 200, else None.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let ok = body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200");
+    ok.then_some(body)
 }
 
 impl Drop for Agent {

@@ -809,30 +809,40 @@ async fn stalls_are_judged_on_the_supervisors_clock_not_the_agents() {
     let run = StallRun::start("sup-skew", "agent-k").await;
     let (items, fence) = (&run.items, &run.fence);
 
-    // Four stall periods of progress, one report a second, each stamped ten minutes
-    // behind the real time.
-    let skew = jiff::SignedDuration::from_mins(10);
-    for percent in 1..=8 {
-        let behind = jiff::Timestamp::now() - skew;
-        fenced_patch(
-            items,
-            "w",
-            fence,
-            vec![set(
-                "progress",
-                json!({"percent": percent, "updatedAt": behind.to_string()}),
-            )],
-        )
-        .await
-        .expect("progress");
-        let item = items.get("w").await.expect("item");
+    // The agent reports once a second (as an agent's own timer would), each report
+    // stamped ten minutes behind the real time; the test waits for eight of them, four
+    // stall periods, checking at every look that the item is not stalled.
+    let reports = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let reporter = {
+        let (items, fence, reports) = (items.clone(), fence.clone(), reports.clone());
+        tokio::spawn(async move {
+            let skew = jiff::SignedDuration::from_mins(10);
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                beat.tick().await;
+                let behind = jiff::Timestamp::now() - skew;
+                let percent = reports.load(std::sync::atomic::Ordering::SeqCst) + 1;
+                let progress = json!({"percent": percent, "updatedAt": behind.to_string()});
+                if fenced_patch(&items, "w", &fence, vec![set("progress", progress)])
+                    .await
+                    .is_ok()
+                {
+                    reports.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    wait_for(LONG, "eight skewed reports", || async {
+        let item = items.get("w").await.ok()?;
         assert!(
             condition_true(&item, conditions::STALLED).is_none(),
             "stalled while reporting every second: {:?}",
             item.status
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        (reports.load(std::sync::atomic::Ordering::SeqCst) >= 8).then_some(())
+    })
+    .await;
+    reporter.abort();
     let item = items.get("w").await.expect("item");
     let status = item.status.as_ref().expect("status");
     assert!(
