@@ -240,24 +240,7 @@ async fn agent_policy_lets_an_agent_claim_and_change_only_its_own_items() {
     let steal = json!({"status": {"progress": {"percent": 100, "message": "mine now"}}});
 
     // The policy starts enforcing once the API server has loaded it: probe with dry runs.
-    let message = wait_for(WAIT, "the admission policy to enforce", || {
-        let as_agent = as_agent.clone();
-        let steal = steal.clone();
-        async move {
-            match as_agent
-                .patch_status(
-                    "theirs",
-                    &PatchParams::default().dry_run(),
-                    &Patch::Merge(&steal),
-                )
-                .await
-            {
-                Err(kube::Error::Api(s)) if s.code == 403 => Some(s.message),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    let message = wait_refused(&as_agent, "theirs", &steal, "").await;
     assert!(
         message.contains(&format!(
             "agent {me} may only change items it holds; this item is held by agent-y-0"
@@ -388,6 +371,31 @@ fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> String {
     }
 }
 
+/// Once the API server has loaded a policy, it refuses `patch` on `item`'s status (a dry
+/// run) with a message containing `rule`: waits for that and returns the message.
+async fn wait_refused(as_agent: &Api<WorkItem>, item: &str, patch: &Value, rule: &str) -> String {
+    wait_for(
+        WAIT,
+        &format!("the admission policy to refuse with {rule:?}"),
+        || async {
+            match as_agent
+                .patch_status(
+                    item,
+                    &PatchParams::default().dry_run(),
+                    &Patch::Merge(patch),
+                )
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(rule) => {
+                    Some(s.message)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
 /// The admission policy's refusal of a fenced write; panics on anything else.
 fn refused_fenced<T: std::fmt::Debug>(result: Result<T, triad::k8s::fence::FenceError>) -> String {
     match result {
@@ -415,24 +423,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
     create_item(&ns, "forge").await;
     let forged = json!({"status": {"phase": "Succeeded", "attempt": 1,
         "claim": {"agent": me, "epoch": 1}, "result": {"merged": true}}});
-    let message = wait_for(WAIT, "the admission policy to enforce", || {
-        let as_agent = as_agent.clone();
-        let forged = forged.clone();
-        async move {
-            match as_agent
-                .patch_status(
-                    "forge",
-                    &PatchParams::default().dry_run(),
-                    &Patch::Merge(&forged),
-                )
-                .await
-            {
-                Err(kube::Error::Api(s)) if s.code == 403 => Some(s.message),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    let message = wait_refused(&as_agent, "forge", &forged, "rule claim").await;
     assert!(message.contains("rule claim"), "{message}");
     let mut refused_count = 1;
 
@@ -660,26 +651,7 @@ async fn agent_policy_refuses_forged_transitions_and_foreign_leases() {
         .expect("create item on another queue");
     let claim_other = json!({"status": {"phase": "Running", "attempt": 1,
         "claim": {"agent": me, "epoch": 1}}});
-    let m = wait_for(WAIT, "the claim-queue rule to enforce", || {
-        let as_agent = as_agent.clone();
-        let claim_other = claim_other.clone();
-        async move {
-            match as_agent
-                .patch_status(
-                    "elsewhere",
-                    &PatchParams::default().dry_run(),
-                    &Patch::Merge(&claim_other),
-                )
-                .await
-            {
-                Err(kube::Error::Api(s)) if s.message.contains("rule claim-queue") => {
-                    Some(s.message)
-                }
-                _ => None,
-            }
-        }
-    })
-    .await;
+    let m = wait_refused(&as_agent, "elsewhere", &claim_other, "rule claim-queue").await;
     assert!(m.contains("serve q, not queue other"), "{m}");
     refused_count += 1;
     // The same agent's claim on its own pool's queue still passes (dry run).
