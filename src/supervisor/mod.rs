@@ -122,6 +122,19 @@ fn slim_pool(pool: &mut AgentPool) {
     pool.status = None;
 }
 
+/// Drives a reflector's watch for a cache nothing reacts to, logging its errors.
+async fn keep_cached<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    kind: &'static str,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(err) = event {
+            warn!(%err, "{kind} watch error; retrying");
+        }
+    }
+}
+
 fn key_of<K: Resource>(obj: &K) -> Option<Key> {
     Some((obj.meta().namespace.clone()?, obj.meta().name.clone()?))
 }
@@ -226,14 +239,7 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
         let stream = watcher(queues_api, watcher::Config::default())
             .default_backoff()
             .reflect(queues_writer);
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(err) = event {
-                    warn!(%err, "WorkQueue watch error; retrying");
-                }
-            }
-        });
+        tasks.spawn(keep_cached(stream, "WorkQueue"));
     }
     {
         // Pools: whose leaseSeconds judges their agents' Leases.
@@ -241,14 +247,7 @@ pub async fn run(ctx: RoleContext) -> crate::Result<()> {
             .default_backoff()
             .modify(slim_pool)
             .reflect(pools_writer);
-        tasks.spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(err) = event {
-                    warn!(%err, "AgentPool watch error; retrying");
-                }
-            }
-        });
+        tasks.spawn(keep_cached(stream, "AgentPool"));
     }
     {
         let sup = sup.clone();
