@@ -747,6 +747,33 @@ fn can_i(ns: &str, account: &str, verb: &str, resource: &str, in_ns: &str) -> bo
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
+/// Applies the ServiceAccounts, roles and bindings among a rendered release's `docs`;
+/// the cluster-scoped ones are deleted when the returned guard drops.
+fn apply_rbac(release: &str, docs: &[Value]) -> ClusterScoped {
+    let yaml: String = docs
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    let cleanup = ClusterScoped {
+        release: release.to_owned(),
+        kinds: "clusterrole,clusterrolebinding",
+    };
+    apply(&yaml);
+    cleanup
+}
+
 #[tokio::test]
 async fn split_roles_get_least_privilege_rbac() {
     let ns = TestNamespace::new("rbac").await;
@@ -809,30 +836,7 @@ async fn split_roles_get_least_privilege_rbac() {
     }
 
     // Install the RBAC (ServiceAccounts, ClusterRoles, bindings) and ask the authorizer.
-    let rbac: Vec<&Value> = docs
-        .iter()
-        .filter(|d| {
-            matches!(
-                d["kind"].as_str(),
-                Some(
-                    "ServiceAccount"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                        | "Role"
-                        | "RoleBinding"
-                )
-            )
-        })
-        .collect();
-    let _cleanup = ClusterScoped {
-        release: release.clone(),
-        kinds: "clusterrole,clusterrolebinding",
-    };
-    let yaml: String = rbac
-        .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
-        .collect();
-    apply(&yaml);
+    let _cleanup = apply_rbac(&release, &docs);
 
     let elsewhere = "default";
     let (sched, pools, sup) = (
@@ -1046,21 +1050,7 @@ async fn watch_namespace_scopes_every_roles_rbac_to_it() {
         [format!("{prefix}-agent")],
         "only the agents' ClusterRole (bound per namespace) is cluster-scoped"
     );
-    let rbac: String = docs
-        .iter()
-        .filter(|d| {
-            matches!(
-                d["kind"].as_str(),
-                Some("ServiceAccount" | "ClusterRole" | "Role" | "RoleBinding")
-            )
-        })
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
-        .collect();
-    let _cleanup = ClusterScoped {
-        release: release.clone(),
-        kinds: "clusterrole,clusterrolebinding",
-    };
-    apply(&rbac);
+    let _cleanup = apply_rbac(&release, &docs);
     let (sched, pools, sup) = (
         format!("{prefix}-scheduler"),
         format!("{prefix}-pools"),
