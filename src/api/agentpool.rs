@@ -51,8 +51,10 @@ pub struct AgentPoolSpec {
     ))]
     #[schemars(length(max = 16))]
     pub queues: Vec<PoolQueue>,
-    /// Desired agents when autoscaling is off; the scale subresource writes it, so
-    /// `kubectl scale`, HPA and KEDA can drive the pool.
+    /// Desired agents; the scale subresource writes it, so `kubectl scale`, HPA and KEDA
+    /// drive the pool. Without `maxReplicas` it is the count; with `maxReplicas` (Triad
+    /// autoscales on queue depth) it is a floor: at least this many agents, more when the
+    /// queues call for them, never more than `maxReplicas`.
     // Not nullable in the schema, unlike other `Option`s: the scale subresource refuses
     // `replicas: null` (what a template renders for an unset value); without `nullable`
     // the API server prunes the null first.
@@ -60,7 +62,8 @@ pub struct AgentPoolSpec {
     #[schemars(schema_with = "replicas")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("spec.replicas must be between 0 and 1000"))]
     pub replicas: Option<i32>,
-    /// With `maxReplicas` set, Triad scales the pool on queue depth between these.
+    /// With `maxReplicas` set, Triad scales the pool on queue depth between these (and
+    /// not below `replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("spec.minReplicas must be non-negative"))]
     pub min_replicas: Option<i32>,

@@ -58,6 +58,23 @@ fn decode_meta(text: &str) -> Result<ObjectMeta, serde_json::Error> {
     serde_json::from_str(&serde_json::to_string(&meta)?)
 }
 
+/// A status the API server fills in by the CRD's default when nobody has written one.
+/// Triad decodes it as no status, so "never written" stays visible to its decisions
+/// (for a WorkItem: not yet admitted) while users see the defaulted phase.
+pub trait ServerDefault {
+    fn is_server_default(&self) -> bool {
+        false
+    }
+}
+
+impl ServerDefault for super::WorkItemStatus {
+    fn is_server_default(&self) -> bool {
+        super::WorkItemStatus::is_server_default(self)
+    }
+}
+impl ServerDefault for super::WorkRequestStatus {}
+impl ServerDefault for super::AgentPoolStatus {}
+
 /// A root type for `$kind`: the derived one's fields, impls and wire form, decoded with
 /// [`bounded_meta`].
 macro_rules! bounded_root {
@@ -177,6 +194,7 @@ macro_rules! bounded_root {
                     spec,
                     status,
                 } = Wire::deserialize(deserializer)?;
+                let status = status.filter(|s| !ServerDefault::is_server_default(s));
                 Ok(Self {
                     metadata,
                     spec,
@@ -231,6 +249,37 @@ mod tests {
         format!(
             r#"{{"apiVersion":"triad.dev/v1alpha1","kind":"WorkItem","metadata":{{"name":"a","namespace":"ns","labels":{{"l":"v"}},"managedFields":[{{"manager":"kubectl","operation":"Update","fieldsType":"FieldsV1","fieldsV1":{fields_v1}}},{{"manager":"triad-scheduler","operation":"Update","fieldsV1":{{"f:status":{{}}}}}}]}},"spec":{{"queue":"q"}}}}"#
         )
+    }
+
+    #[test]
+    fn the_api_servers_defaulted_status_decodes_as_no_status() {
+        use crate::api::Phase;
+        let decode = |status: serde_json::Value| -> WorkItem {
+            serde_json::from_value(json!({
+                "apiVersion": "triad.dev/v1alpha1", "kind": "WorkItem",
+                "metadata": {"name": "a"}, "spec": {"queue": "q"}, "status": status
+            }))
+            .expect("decodes")
+        };
+        // What the CRD's default fills in for an item nobody wrote status to.
+        let fresh = decode(json!({"phase": "Queued"}));
+        assert_eq!(fresh.status, None);
+        assert_eq!(fresh.phase(), None, "a fresh item is not admitted");
+        // The scheduler's admission records the routed queue; its explanation a note.
+        for written in [
+            json!({"phase": "Queued", "queue": "q"}),
+            json!({"phase": "Queued", "waiting": "no agent serves queue q"}),
+            json!({"phase": "Queued", "attempt": 1}),
+            json!({"phase": "Pending"}),
+        ] {
+            assert!(decode(written.clone()).status.is_some(), "{written}");
+        }
+        // The CRD carries that default.
+        let crd = serde_json::to_value(super::super::workitem::WorkItem::crd()).expect("crd");
+        assert_eq!(
+            crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/status/default"),
+            Some(&json!({"phase": Phase::Queued.as_str()}))
+        );
     }
 
     #[test]

@@ -216,8 +216,17 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// The status the API server shows for an item nobody has written status to: the CRD
+/// defaults `status` to `{phase: Queued}` when it reads an item from storage, so
+/// `kubectl get wi` shows Queued, `kubectl get wi -w` starts at Queued and
+/// `--field-selector status.phase=Queued` finds a fresh item, without a write on the
+/// fast path. Triad decodes exactly this status as no status (`api::root`): a fresh item
+/// is not yet admitted, and the scheduler and agents keep telling the two apart.
+pub const SERVER_DEFAULT_PHASE: Phase = Phase::Queued;
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"phase": "Queued"}))]
 #[x_kube(validation = Rule::new(
     "!has(oldSelf.phase) || !(oldSelf.phase in ['Succeeded', 'Failed', 'Cancelled']) || (has(self.phase) && self.phase == oldSelf.phase)"
 ).message("status.phase: Succeeded, Failed and Cancelled are terminal and cannot change; create a new WorkItem to run the work again"))]
@@ -430,6 +439,19 @@ pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::S
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true
     })
+}
+
+impl WorkItemStatus {
+    /// Whether this is the status the API server defaults for an item nobody has written
+    /// status to (see [`SERVER_DEFAULT_PHASE`]). Every status Triad writes carries more:
+    /// an agent's claim, the scheduler's routed queue or its "why waiting" note.
+    pub fn is_server_default(&self) -> bool {
+        *self
+            == Self {
+                phase: Some(SERVER_DEFAULT_PHASE),
+                ..Self::default()
+            }
+    }
 }
 
 // On the root type Triad decodes with (`api::root`), not the derived one of this module.

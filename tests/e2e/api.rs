@@ -10,6 +10,8 @@ use triad::api::{AgentPool, WorkItem, WorkRequest};
 
 use crate::support::{TestNamespace, wait_for};
 
+const LONG: Duration = Duration::from_secs(30);
+
 fn item(value: serde_json::Value) -> WorkItem {
     serde_json::from_value(value).expect("valid WorkItem JSON")
 }
@@ -222,5 +224,98 @@ async fn deleting_a_request_garbage_collects_its_items() {
             .items
             .iter()
             .all(|i| i.name_any() != "build-compile")
+    );
+}
+
+/// What `kubectl get wi`, `kubectl get wi -w` and a phase field selector show for a
+/// fresh item: Queued, by the CRD's status default, with no write by Triad (the fast
+/// path stays one create and one claim). An item that waits on another still turns
+/// Pending once the scheduler sees it.
+#[tokio::test]
+async fn a_fresh_item_shows_queued_without_a_write() {
+    use futures::StreamExt;
+    use kube::api::{ApiResource, DynamicObject, WatchEvent, WatchParams};
+    let ns = TestNamespace::new("fresh-phase").await;
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &ApiResource::erase::<WorkItem>(&()),
+    );
+    let mut watch = raw
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let (_scheduler, _) = crate::support::start_role(&ns, crate::support::Role::Scheduler);
+    crate::support::create::<triad::api::WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let fresh = items
+        .create(
+            &PostParams::default(),
+            &item(json!({"metadata": {"name": "fresh"}, "spec": {"queue": "q"}})),
+        )
+        .await
+        .expect("create");
+    items
+        .create(
+            &PostParams::default(),
+            &item(json!({"metadata": {"name": "after"},
+                         "spec": {"queue": "q", "dependsOn": ["fresh"]}})),
+        )
+        .await
+        .expect("create");
+
+    // The watch's first event already carries the phase.
+    let obj = loop {
+        let event = tokio::time::timeout(LONG, watch.next())
+            .await
+            .expect("a watch event")
+            .expect("stream open")
+            .expect("event");
+        match event {
+            WatchEvent::Added(obj) => break obj,
+            WatchEvent::Bookmark(_) => continue,
+            other => panic!("expected ADDED, got {other:?}"),
+        }
+    };
+    assert_eq!(obj.name_any(), "fresh");
+    assert_eq!(obj.data.pointer("/status/phase"), Some(&json!("Queued")));
+
+    // The waiting dependent turns Pending; the fresh item keeps Queued, unwritten.
+    wait_for(LONG, "the dependent item Pending", || async {
+        let out = ns.kubectl(&["get", "wi", "after", "-o", "jsonpath={.status.phase}"]);
+        (String::from_utf8_lossy(&out.stdout) == "Pending").then_some(())
+    })
+    .await;
+    let table = ns.kubectl(&["get", "wi", "fresh"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "PHASE")
+        .expect("PHASE column");
+    assert_eq!(row.get(column), Some(&"Queued"), "{table}");
+    let selected = ns.kubectl(&[
+        "get",
+        "wi",
+        "--field-selector",
+        "status.phase=Queued",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&selected.stdout).trim(),
+        "workitem.triad.dev/fresh"
+    );
+    assert_eq!(
+        items.get("fresh").await.expect("get").resource_version(),
+        fresh.resource_version(),
+        "nobody wrote the fresh item"
     );
 }
