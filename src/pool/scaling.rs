@@ -36,7 +36,9 @@ impl Depth {
 /// How the pool's size is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// `maxReplicas` set: Triad scales on queue depth between `min` and `max`.
+    /// `maxReplicas` set: Triad scales on queue depth between `min` and `max`, where
+    /// `min` is the higher of `minReplicas` and `spec.replicas`: the scale subresource
+    /// (`kubectl scale`, HPA, KEDA) sets a floor under the queue-driven count.
     Auto {
         min: i32,
         max: i32,
@@ -54,9 +56,13 @@ pub fn mode(spec: &AgentPoolSpec) -> Mode {
     match spec.max_replicas {
         Some(max) => {
             let max = max.max(0);
+            // Like KEDA, a queue-driven pool may sleep at zero unless told otherwise.
+            let floor = spec
+                .min_replicas
+                .unwrap_or(0)
+                .max(spec.replicas.unwrap_or(0));
             Mode::Auto {
-                // Like KEDA, a queue-driven pool may sleep at zero unless told otherwise.
-                min: spec.min_replicas.unwrap_or(0).clamp(0, max),
+                min: floor.clamp(0, max),
                 max,
                 items_per_agent: spec.scaling.items_per_agent.max(1),
             }
@@ -69,8 +75,10 @@ pub fn mode(spec: &AgentPoolSpec) -> Mode {
 
 /// The agents the work calls for right now.
 ///
-/// - Auto: `clamp(ceil((queued + running) / itemsPerAgent), min, max)`, so an empty pool
-///   with `minReplicas` 0 sleeps at zero and wakes with the first item.
+/// - Auto: `clamp(ceil((queued + running) / itemsPerAgent), min, max)` with `min` the
+///   higher of `minReplicas` and `spec.replicas`, so an empty pool with neither set
+///   sleeps at zero and wakes with the first item, and `kubectl scale` or an HPA keeps at
+///   least its count running.
 /// - Manual: `spec.replicas`; with `emptyQueuePolicy: ScaleDown` and every queue empty,
 ///   `minReplicas` (default 0) instead.
 pub fn target(spec: &AgentPoolSpec, depth: Depth) -> i32 {
@@ -414,12 +422,36 @@ mod tests {
         assert_eq!(target(&zero, depth(1, 0)), 1);
         let one = spec(serde_json::json!({"minReplicas": 1, "maxReplicas": 3}));
         assert_eq!(target(&one, depth(0, 0)), 1);
-        // Auto mode ignores spec.replicas (the scale subresource) entirely.
-        let both = spec(serde_json::json!({"replicas": 7, "maxReplicas": 3}));
-        assert_eq!(target(&both, depth(0, 0)), 0);
-        assert_eq!(bounds(&both), (0, 3));
+    }
+
+    #[test]
+    fn auto_mode_takes_spec_replicas_as_a_floor() {
+        // `kubectl scale --replicas=2` (or an HPA) on a queue-driven pool: at least 2.
+        let floor = spec(serde_json::json!({"replicas": 2, "maxReplicas": 4}));
         assert_eq!(
-            scale_down_delay(&both, depth(5, 0)),
+            target(&floor, depth(0, 0)),
+            2,
+            "empty queues keep the floor"
+        );
+        let per = i64::from(spec(serde_json::json!({})).scaling.items_per_agent);
+        assert_eq!(
+            target(&floor, depth(3 * per, 0)),
+            3,
+            "work above the floor scales up"
+        );
+        assert_eq!(target(&floor, depth(100, 0)), 4, "never above maxReplicas");
+        assert_eq!(bounds(&floor), (2, 4));
+        // The higher of minReplicas and replicas; clamped to maxReplicas.
+        let min_wins = spec(serde_json::json!({"replicas": 1, "minReplicas": 2, "maxReplicas": 4}));
+        assert_eq!(target(&min_wins, depth(0, 0)), 2);
+        let above_max = spec(serde_json::json!({"replicas": 7, "maxReplicas": 3}));
+        assert_eq!(target(&above_max, depth(0, 0)), 3);
+        assert_eq!(bounds(&above_max), (3, 3));
+        // Scaling to 0 lowers the floor back to minReplicas, after the pool's delay.
+        let zero = spec(serde_json::json!({"replicas": 0, "maxReplicas": 3}));
+        assert_eq!(target(&zero, depth(0, 0)), 0);
+        assert_eq!(
+            scale_down_delay(&zero, depth(5, 0)),
             SignedDuration::from_secs(30)
         );
     }

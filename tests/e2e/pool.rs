@@ -306,7 +306,7 @@ async fn autoscaling_follows_queue_depth_from_zero_to_max_and_back_after_the_del
     create_pool(
         &ns,
         "auto",
-        json!({"minReplicas": 0, "maxReplicas": 3, "replicas": 2,
+        json!({"minReplicas": 0, "maxReplicas": 3,
                "scaling": {"itemsPerAgent": 2, "scaleDownDelaySeconds": 2}}),
     )
     .await;
@@ -318,7 +318,7 @@ async fn autoscaling_follows_queue_depth_from_zero_to_max_and_back_after_the_del
     .await;
     assert!(
         live_pods(&ns, "auto").await.is_empty(),
-        "no work, minReplicas 0: no agents (spec.replicas ignored)"
+        "no work, minReplicas 0: no agents"
     );
 
     // Up at once, clamped to maxReplicas.
@@ -378,6 +378,73 @@ async fn autoscaling_follows_queue_depth_from_zero_to_max_and_back_after_the_del
         reasons.contains("ScaledUp") && reasons.contains("ScaledDown"),
         "{reasons:?}"
     );
+}
+
+/// On a queue-driven pool (`maxReplicas` set) the scale subresource sets a floor:
+/// `kubectl scale` and an HPA on the pool change what runs, and queue depth still scales
+/// above it.
+#[tokio::test]
+async fn kubectl_scale_and_an_hpa_set_a_floor_under_an_autoscaled_pool() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let ns = TestNamespace::new("pool-floor").await;
+    create_queue(&ns, "jobs").await;
+    set_depth(&ns, "jobs", 0, 0).await;
+    start_controller(&ns);
+    create_pool(
+        &ns,
+        "drones",
+        json!({"minReplicas": 0, "maxReplicas": 4,
+               "scaling": {"itemsPerAgent": 1, "scaleDownDelaySeconds": 1}}),
+    )
+    .await;
+    wait_pool(&ns, "drones", "status at zero", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.observed_generation.is_some() && s.desired == 0)
+    })
+    .await;
+
+    // A person: `kubectl scale` with empty queues keeps two agents.
+    kubectl_ok(&ns, &["scale", "ap/drones", "--replicas=2"]);
+    wait_pods(&ns, "drones", 2).await;
+    // Work above the floor still scales up to maxReplicas, and back to the floor.
+    set_depth(&ns, "jobs", 3, 0).await;
+    wait_pods(&ns, "drones", 3).await;
+    set_depth(&ns, "jobs", 0, 0).await;
+    wait_pods(&ns, "drones", 2).await;
+
+    // An HPA: below its minReplicas it raises the pool's replicas (through the scale
+    // subresource) without needing metrics, and the pool runs that many.
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "drones"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "triad.dev/v1alpha1", "kind": "AgentPool", "name": "drones"},
+            "minReplicas": 3, "maxReplicas": 4,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                         "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }
+    }))
+    .expect("hpa");
+    ns.api::<HorizontalPodAutoscaler>()
+        .create(&PostParams::default(), &hpa)
+        .await
+        .expect("create hpa");
+    // The HPA controller syncs every 15 s.
+    wait_for(
+        Duration::from_secs(60),
+        "the HPA to set replicas 3",
+        || async {
+            let pool = ns.api::<AgentPool>().get("drones").await.ok()?;
+            (pool.spec.replicas == Some(3)).then_some(())
+        },
+    )
+    .await;
+    wait_pods(&ns, "drones", 3).await;
+    let pool = wait_pool(&ns, "drones", "status replicas 3", |p| {
+        p.status.as_ref().is_some_and(|s| s.replicas == 3)
+    })
+    .await;
+    assert_eq!(pool.status.map(|s| s.desired), Some(3));
 }
 
 #[tokio::test]
