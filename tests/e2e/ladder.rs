@@ -14,7 +14,7 @@ use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_
 
 const LONG: Duration = Duration::from_secs(60);
 
-async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
+pub(crate) async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
     wait_for(LONG, &format!("{name} to finish"), || async {
         items
             .get(name)
