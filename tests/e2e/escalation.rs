@@ -13,11 +13,13 @@ use futures::StreamExt;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use triad::api::{Phase, RequestPhase, WorkItem, WorkQueue, WorkRequest, find_condition};
+use triad::api::{
+    Phase, RequestPhase, WorkItem, WorkItemStatus, WorkQueue, WorkRequest, find_condition,
+};
 use triad::core::supervision::conditions;
 
 use crate::agent::Agent;
-use crate::ladder::finished;
+use crate::ladder::{finished, spender};
 use crate::scheduler::start_scheduler;
 use crate::supervisor::events_about;
 use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_for};
@@ -29,6 +31,28 @@ fn escalated(item: &WorkItem) -> bool {
         .as_ref()
         .and_then(|s| find_condition(&s.conditions, conditions::ESCALATED))
         .is_some_and(|c| c.status == "True")
+}
+
+/// The item's Escalate intervention: which monitor raised it, and why.
+fn escalation_record(status: &WorkItemStatus) -> (&str, &str) {
+    let rec = status
+        .interventions
+        .iter()
+        .find(|i| i.action == "Escalate")
+        .unwrap_or_else(|| panic!("an Escalate intervention: {:?}", status.interventions));
+    (rec.monitor.as_str(), rec.reason.as_str())
+}
+
+/// The note of an Event with `reason` on the WorkItem `item`, once there is one.
+async fn event_note(ns: &TestNamespace, item: &str, reason: &str) -> String {
+    wait_for(LONG, &format!("a {reason} Event on {item}"), || async {
+        let events = events_about(ns, "WorkItem", item, reason).await;
+        events
+            .into_iter()
+            .next()
+            .map(|e| e.note.unwrap_or_default())
+    })
+    .await
 }
 
 /// Every claim in the namespace, in the order the API server committed them (one watch
@@ -155,15 +179,7 @@ async fn raise_priority_requeues_a_stalled_item_above_the_work_waiting_below_it(
 
     // What a user reads: the intervention, the condition that says where it has been,
     // and Events on the item from the supervisor and the scheduler.
-    let rec = status
-        .interventions
-        .iter()
-        .find(|i| i.action == "Escalate")
-        .unwrap_or_else(|| panic!("an Escalate intervention: {:?}", status.interventions));
-    assert_eq!(
-        (rec.monitor.as_str(), rec.reason.as_str()),
-        ("progress", "Stalled")
-    );
+    assert_eq!(escalation_record(&status), ("progress", "Stalled"));
     assert!(
         escalated(&stuck),
         "Escalated=True is kept: {:?}",
@@ -179,12 +195,7 @@ async fn raise_priority_requeues_a_stalled_item_above_the_work_waiting_below_it(
         ("Held", "escalated; applying the queue's escalation policy"),
         ("PriorityRaised", "escalated: priority 100 → 400"),
     ] {
-        let events = wait_for(LONG, &format!("a {reason} Event on stuck"), || async {
-            let events = events_about(&ns, "WorkItem", "stuck", reason).await;
-            (!events.is_empty()).then_some(events)
-        })
-        .await;
-        assert_eq!(events[0].note.as_deref(), Some(says));
+        assert_eq!(event_note(&ns, "stuck", reason).await, says);
     }
 }
 
@@ -211,14 +222,7 @@ async fn fail_ends_an_escalated_item_failed_and_its_request_says_so() {
             {"name": "modest", "queue": "q", "payload": {"steps": 2, "stepMillis": 100}}]}}),
     )
     .await;
-    let dir = scratch_dir("esc-fail");
-    let _agent = Agent::start(
-        &ns,
-        &dir,
-        "spender",
-        &[("TRIAD_PROGRESS_INTERVAL_MS", "500")],
-        &["triad", "simulate"],
-    );
+    let _agent = spender(&ns, "esc-fail");
     let items: Api<WorkItem> = ns.api();
     let item = finished(&items, "rel-greedy").await;
     let status = item.status.clone().expect("status");
@@ -232,15 +236,7 @@ async fn fail_ends_an_escalated_item_failed_and_its_request_says_so() {
     // Failed by the policy, not retried, although the queue allows three attempts.
     assert_eq!(status.attempt, 1);
     assert!(escalated(&item), "{:?}", status.conditions);
-    let rec = status
-        .interventions
-        .iter()
-        .find(|i| i.action == "Escalate")
-        .unwrap_or_else(|| panic!("an Escalate intervention: {:?}", status.interventions));
-    assert_eq!(
-        (rec.monitor.as_str(), rec.reason.as_str()),
-        ("budget", "BudgetExceeded")
-    );
+    assert_eq!(escalation_record(&status), ("budget", "BudgetExceeded"));
     let tokens = status.usage.get("tokens").copied().unwrap_or_default();
     assert!(
         tokens < 6000.0,
@@ -251,12 +247,7 @@ async fn fail_ends_an_escalated_item_failed_and_its_request_says_so() {
         ("BudgetExceeded", "Escalate (budget monitor)"),
         ("Failed", "escalation policy failed the item (Escalated)"),
     ] {
-        let events = wait_for(LONG, &format!("a {reason} Event on rel-greedy"), || async {
-            let events = events_about(&ns, "WorkItem", "rel-greedy", reason).await;
-            (!events.is_empty()).then_some(events)
-        })
-        .await;
-        let note = events[0].note.clone().unwrap_or_default();
+        let note = event_note(&ns, "rel-greedy", reason).await;
         assert!(note.contains(says), "{reason}: {note:?}");
     }
 

@@ -195,8 +195,15 @@ async fn kubectl_triad_status_and_kubectl_get_triad_show_what_runs() {
     let n = ns.name.as_str();
 
     // `kubectl triad status`: once the controllers have counted, one table per kind.
+    let last = std::sync::Mutex::new(String::new());
     let status = wait_for(LONG, "kubectl triad status to show the counts", || async {
         let text = kubectl(&plugins, &["triad", "status", "-n", n]);
+        // Each new output once, so a timeout shows what the user saw instead.
+        let mut last = last.lock().expect("lock");
+        if *last != text {
+            eprintln!("kubectl triad status:\n{text}");
+            last.clone_from(&text);
+        }
         let tables = Table::all(&text);
         let settled = tables.len() == 3
             && tables[0]
