@@ -14,7 +14,7 @@ use crate::support::{Role, TestNamespace, create, scratch_dir, start_role, wait_
 
 const LONG: Duration = Duration::from_secs(60);
 
-async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
+pub(crate) async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
     wait_for(LONG, &format!("{name} to finish"), || async {
         items
             .get(name)
@@ -23,6 +23,18 @@ async fn finished(items: &Api<WorkItem>, name: &str) -> WorkItem {
             .filter(|i| i.phase().is_some_and(Phase::is_finished))
     })
     .await
+}
+
+/// An agent running `triad simulate` whose usage reaches the API every 500 ms, so a
+/// budget is seen crossed soon after the work crosses it.
+pub(crate) fn spender(ns: &TestNamespace, prefix: &str) -> Agent {
+    Agent::start(
+        ns,
+        &scratch_dir(prefix),
+        "spender",
+        &[("TRIAD_PROGRESS_INTERVAL_MS", "500")],
+        &["triad", "simulate"],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -37,15 +49,8 @@ async fn a_budget_overrun_is_warned_then_cut_and_ends_failed() {
             "payload": {"steps": 30, "stepMillis": 300, "tokensPerStep": 50}}}),
     )
     .await;
-    let dir = scratch_dir("cut");
     // Usage reaches the API every 500 ms and crosses 80–100 % over about 1.2 s.
-    let _agent = Agent::start(
-        &ns,
-        &dir,
-        "spender",
-        &[("TRIAD_PROGRESS_INTERVAL_MS", "500")],
-        &["triad", "simulate"],
-    );
+    let _agent = spender(&ns, "cut");
     let items: Api<WorkItem> = ns.api();
     let item = finished(&items, "greedy").await;
     let status = item.status.expect("status");

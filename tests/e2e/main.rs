@@ -9,10 +9,13 @@ mod crd_fuzz;
 #[path = "../fuzz/crd_model.rs"]
 mod crd_model;
 mod deep_payload;
+mod escalation;
 mod execution;
+mod kubectl_triad;
 mod ladder;
 mod node;
 mod pool;
+mod scale_down;
 mod scheduler;
 mod supervisor;
 mod support;

@@ -106,7 +106,7 @@ async fn set_depth(ns: &TestNamespace, queue: &str, queued: i64, running: i64) {
 }
 
 /// The pool's pods that are not terminating, by name.
-async fn live_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
+pub(crate) async fn live_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
     let mut pods: Vec<Pod> = ns
         .api::<Pod>()
         .list(&ListParams::default().labels(&format!("triad.dev/pool={pool}")))
@@ -120,7 +120,7 @@ async fn live_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
     pods
 }
 
-async fn wait_pods(ns: &TestNamespace, pool: &str, n: usize) -> Vec<Pod> {
+pub(crate) async fn wait_pods(ns: &TestNamespace, pool: &str, n: usize) -> Vec<Pod> {
     wait_for(WAIT, &format!("{n} pods of pool {pool}"), || async {
         let pods = live_pods(ns, pool).await;
         (pods.len() == n).then_some(pods)
@@ -128,7 +128,7 @@ async fn wait_pods(ns: &TestNamespace, pool: &str, n: usize) -> Vec<Pod> {
     .await
 }
 
-async fn wait_pool(
+pub(crate) async fn wait_pool(
     ns: &TestNamespace,
     name: &str,
     what: &str,
@@ -142,7 +142,7 @@ async fn wait_pool(
     .await
 }
 
-fn condition<'a>(pool: &'a AgentPool, type_: &str) -> Option<&'a Condition> {
+pub(crate) fn condition<'a>(pool: &'a AgentPool, type_: &str) -> Option<&'a Condition> {
     find_condition(&pool.status.as_ref()?.conditions, type_)
 }
 

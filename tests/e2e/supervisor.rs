@@ -22,7 +22,7 @@ const LONG: Duration = Duration::from_secs(40);
 const LEASE: Duration = Duration::from_secs(3);
 
 /// Events in the namespace about the object named `name` (of `kind`) with `reason`.
-async fn events_about(
+pub(crate) async fn events_about(
     ns: &TestNamespace,
     kind: &str,
     name: &str,
