@@ -134,6 +134,44 @@ impl ChangeObserver {
     }
 }
 
+/// What the supervisor has seen of one Running item, on its own clock: when its current
+/// attempt (epoch) was first seen, and when its progress last changed. The monitors time
+/// stalls and attempt timeouts from these, never from `claim.acquiredAt` or
+/// `progress.updatedAt`, which are the agent's clock: an agent minutes behind would have
+/// every attempt timed out at once, one minutes ahead would run past its limit.
+///
+/// After the supervisor starts (not after a failover: standbys watch too) an attempt
+/// counts from when it was first seen, so a limit can only act later, never earlier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemClock {
+    attempt: ChangeObserver,
+    progress: ChangeObserver,
+}
+
+impl ItemClock {
+    pub fn new(item: &WorkItem, now: Timestamp) -> Self {
+        Self {
+            attempt: ChangeObserver::new(item.epoch().to_string(), now),
+            progress: ChangeObserver::new(progress_marker(item), now),
+        }
+    }
+
+    pub fn observe(&mut self, item: &WorkItem, now: Timestamp) {
+        self.attempt.observe(&item.epoch().to_string(), now);
+        self.progress.observe(&progress_marker(item), now);
+    }
+
+    /// When the current attempt was first seen Running.
+    pub fn attempt_seen_at(&self) -> Timestamp {
+        self.attempt.last_change_seen_at()
+    }
+
+    /// When progress last changed (or the attempt started).
+    pub fn progress_seen_at(&self) -> Timestamp {
+        self.progress.last_change_seen_at()
+    }
+}
+
 // --- Monitors' pure parts ----------------------------------------------------------
 
 /// What changes whenever the holder reports progress (percent, checkpoint or usage
@@ -278,15 +316,15 @@ pub fn violation_signal(v: &ReportedViolation, policy: &Supervision) -> Signal {
     }
 }
 
-/// When the current attempt ran out of time (`timeouts.attemptSeconds` after its
-/// start), if it has.
+/// When the current attempt ran out of time (`timeouts.attemptSeconds` after the
+/// supervisor first saw it, [`ItemClock::attempt_seen_at`]), if it has.
 pub fn attempt_timed_out(
-    item: &WorkItem,
+    attempt_seen_at: Option<Timestamp>,
     timeouts: &Timeouts,
     now: Timestamp,
 ) -> Option<Timestamp> {
     let limit = timeouts.attempt_seconds.filter(|s| *s > 0)?;
-    let at = add(attempt_started_at(item)?, SignedDuration::from_secs(limit));
+    let at = add(attempt_seen_at?, SignedDuration::from_secs(limit));
     (now >= at).then_some(at)
 }
 
@@ -2022,16 +2060,59 @@ mod tests {
     }
 
     #[test]
-    fn attempt_timeout_and_deadline_are_dated() {
-        let wi = running(); // claimed at t(0)
-        let none = Timeouts::default();
-        assert_eq!(attempt_timed_out(&wi, &none, t(1000)), None);
+    fn the_item_clock_times_attempts_and_progress_by_what_the_supervisor_saw() {
+        let mut wi = running();
+        // The agent's clock is an hour behind: its stamps say the attempt is old.
+        if let Some(c) = wi.status.as_mut().and_then(|s| s.claim.as_mut()) {
+            c.acquired_at = Some(time(-3600));
+        }
+        let mut clock = ItemClock::new(&wi, t(100));
+        assert_eq!(clock.attempt_seen_at(), t(100));
         let tm = Timeouts {
             attempt_seconds: Some(60),
             deadline_seconds: None,
         };
-        assert_eq!(attempt_timed_out(&wi, &tm, t(59)), None);
-        assert_eq!(attempt_timed_out(&wi, &tm, t(60)), Some(t(60)));
+        assert_eq!(
+            attempt_timed_out(Some(clock.attempt_seen_at()), &tm, t(130)),
+            None
+        );
+        // Progress moves the progress clock, not the attempt's.
+        wi.status.as_mut().unwrap().progress = Some(crate::api::Progress {
+            updated_at: Some(time(-3590)),
+            ..Default::default()
+        });
+        clock.observe(&wi, t(120));
+        assert_eq!(
+            (clock.attempt_seen_at(), clock.progress_seen_at()),
+            (t(100), t(120))
+        );
+        assert_eq!(
+            attempt_timed_out(Some(clock.attempt_seen_at()), &tm, t(160)),
+            Some(t(160))
+        );
+        // A new attempt (epoch) restarts both.
+        if let Some(c) = wi.status.as_mut().and_then(|s| s.claim.as_mut()) {
+            c.epoch += 1;
+        }
+        clock.observe(&wi, t(200));
+        assert_eq!(
+            (clock.attempt_seen_at(), clock.progress_seen_at()),
+            (t(200), t(200))
+        );
+    }
+
+    #[test]
+    fn attempt_timeout_and_deadline_are_dated() {
+        let seen = Some(t(0)); // the supervisor saw the attempt at t(0)
+        let none = Timeouts::default();
+        assert_eq!(attempt_timed_out(seen, &none, t(1000)), None);
+        let tm = Timeouts {
+            attempt_seconds: Some(60),
+            deadline_seconds: None,
+        };
+        assert_eq!(attempt_timed_out(None, &tm, t(1000)), None, "never seen");
+        assert_eq!(attempt_timed_out(seen, &tm, t(59)), None);
+        assert_eq!(attempt_timed_out(seen, &tm, t(60)), Some(t(60)));
         let mut wi = running();
         wi.spec.deadline = Some(time(30));
         assert_eq!(deadline_passed_at(&wi, &none, t(29)), None);

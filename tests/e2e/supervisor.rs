@@ -805,24 +805,35 @@ async fn an_agent_lease_is_judged_by_its_pools_lease_seconds_not_by_what_it_says
 /// own time. The supervisor judges stalls by when it sees progress change, on its own
 /// clock, so that agent is not stalled while it reports; once it stops, it is.
 #[tokio::test]
-async fn stalls_are_judged_on_the_supervisors_clock_not_the_agents() {
-    let run = StallRun::start("sup-skew", "agent-k").await;
+async fn stalls_are_judged_on_the_supervisors_clock_with_an_agent_clock_behind() {
+    stalls_on_the_supervisors_clock("sup-skew-behind", -jiff::SignedDuration::from_mins(10)).await;
+}
+
+#[tokio::test]
+async fn stalls_are_judged_on_the_supervisors_clock_with_an_agent_clock_ahead() {
+    stalls_on_the_supervisors_clock("sup-skew-ahead", jiff::SignedDuration::from_mins(10)).await;
+}
+
+/// An agent whose wall clock is `skew` off reports progress every second: it is never
+/// stalled while it reports, and stalls soon after it stops. Judged by the agent's stamps,
+/// an agent behind would stall at once and one ahead would not stall for ten minutes.
+async fn stalls_on_the_supervisors_clock(prefix: &str, skew: jiff::SignedDuration) {
+    let run = StallRun::start(prefix, "agent-k").await;
     let (items, fence) = (&run.items, &run.fence);
 
     // The agent reports once a second (as an agent's own timer would), each report
-    // stamped ten minutes behind the real time; the test waits for eight of them, four
-    // stall periods, checking at every look that the item is not stalled.
+    // stamped by its skewed clock; the test waits for eight of them, four stall periods,
+    // checking at every look that the item is not stalled.
     let reports = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let reporter = {
         let (items, fence, reports) = (items.clone(), fence.clone(), reports.clone());
         tokio::spawn(async move {
-            let skew = jiff::SignedDuration::from_mins(10);
             let mut beat = tokio::time::interval(Duration::from_secs(1));
             loop {
                 beat.tick().await;
-                let behind = jiff::Timestamp::now() - skew;
+                let skewed = jiff::Timestamp::now() + skew;
                 let percent = reports.load(std::sync::atomic::Ordering::SeqCst) + 1;
-                let progress = json!({"percent": percent, "updatedAt": behind.to_string()});
+                let progress = json!({"percent": percent, "updatedAt": skewed.to_string()});
                 if fenced_patch(&items, "w", &fence, vec![set("progress", progress)])
                     .await
                     .is_ok()
@@ -857,4 +868,100 @@ async fn stalls_are_judged_on_the_supervisors_clock_not_the_agents() {
         condition_true(&item, conditions::STALLED).map(|_| ())
     })
     .await;
+}
+
+#[tokio::test]
+async fn attempt_timeouts_are_timed_on_the_supervisors_clock_with_an_agent_clock_behind() {
+    attempt_timeout_on_the_supervisors_clock(
+        "sup-tskew-behind",
+        -jiff::SignedDuration::from_mins(10),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn attempt_timeouts_are_timed_on_the_supervisors_clock_with_an_agent_clock_ahead() {
+    attempt_timeout_on_the_supervisors_clock(
+        "sup-tskew-ahead",
+        jiff::SignedDuration::from_mins(10),
+    )
+    .await;
+}
+
+/// An agent whose clock is `skew` off stamps its claim: the attempt is stopped for
+/// AttemptTimeout `attemptSeconds` after the claim on the supervisor's clock. Judged by
+/// the agent's stamps, an agent behind would be stopped at once and one ahead not for
+/// ten minutes.
+async fn attempt_timeout_on_the_supervisors_clock(prefix: &str, skew: jiff::SignedDuration) {
+    const ATTEMPT_SECONDS: i64 = 4;
+    let ns = TestNamespace::new(prefix).await;
+    let _roles = [start_role(&ns, Role::Supervisor).0, start_scheduler(&ns)];
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"},
+               "spec": {"timeouts": {"attemptSeconds": ATTEMPT_SECONDS}}}),
+    )
+    .await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+    )
+    .await;
+    let items: Api<WorkItem> = ns.api();
+    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-c", &[], None, LEASE)
+        .await
+        .expect("lease");
+    let lease_name = lease.name.clone();
+    let _renew = keep_renewing(lease);
+    let before_claim = jiff::Timestamp::now();
+    let claimed = claim_as(&items, "w", "agent-c", &lease_name, None).await;
+    let fence = Fence::of(&claimed).expect("claimed");
+    // The agent's clock stamps every time it writes.
+    let skewed = (before_claim + skew).to_string();
+    let mut stamp = claimed.status.and_then(|s| s.claim).expect("claim");
+    stamp.acquired_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        before_claim + skew,
+    ));
+    fenced_patch(
+        &items,
+        "w",
+        &fence,
+        vec![
+            set("claim", json!(stamp)),
+            set("startedAt", json!(skewed)),
+            set("progress", json!({"updatedAt": skewed})),
+        ],
+    )
+    .await
+    .expect("the agent's stamps");
+
+    let item = wait_for(LONG, "CancelRequested for AttemptTimeout", || async {
+        let item = items.get("w").await.ok()?;
+        condition_true(&item, conditions::CANCEL_REQUESTED)
+            .is_some()
+            .then_some(item)
+    })
+    .await;
+    let stop = requested_stop(&item).expect("stop");
+    assert_eq!(stop.cause, "AttemptTimeout");
+    let stopped_at = item
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.interventions
+                .iter()
+                .find(|i| i.reason == "AttemptTimeout")
+        })
+        .map(|i| i.at.0)
+        .expect("the AttemptTimeout intervention");
+    // Interventions carry whole seconds; the supervisor (this process's clock) cannot
+    // have seen the attempt before the claim was sent.
+    let earliest = jiff::Timestamp::from_second(
+        (before_claim + jiff::SignedDuration::from_secs(ATTEMPT_SECONDS)).as_second(),
+    )
+    .expect("whole second");
+    assert!(
+        stopped_at >= earliest,
+        "stopped at {stopped_at}, before {ATTEMPT_SECONDS}s after the claim at {before_claim}"
+    );
 }
