@@ -11,6 +11,7 @@ mod crd_model;
 mod deep_payload;
 mod execution;
 mod ladder;
+mod leader;
 mod node;
 mod pool;
 mod scheduler;

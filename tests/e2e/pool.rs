@@ -71,7 +71,7 @@ fn template() -> Value {
     })
 }
 
-async fn create_pool(ns: &TestNamespace, name: &str, mut spec: Value) -> AgentPool {
+pub(crate) async fn create_pool(ns: &TestNamespace, name: &str, mut spec: Value) -> AgentPool {
     let obj = spec.as_object_mut().expect("spec object");
     obj.entry("template").or_insert_with(template);
     obj.entry("queues")
@@ -106,7 +106,7 @@ async fn set_depth(ns: &TestNamespace, queue: &str, queued: i64, running: i64) {
 }
 
 /// The pool's pods that are not terminating, by name.
-async fn live_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
+pub(crate) async fn live_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
     let mut pods: Vec<Pod> = ns
         .api::<Pod>()
         .list(&ListParams::default().labels(&format!("triad.dev/pool={pool}")))
@@ -120,7 +120,7 @@ async fn live_pods(ns: &TestNamespace, pool: &str) -> Vec<Pod> {
     pods
 }
 
-async fn wait_pods(ns: &TestNamespace, pool: &str, n: usize) -> Vec<Pod> {
+pub(crate) async fn wait_pods(ns: &TestNamespace, pool: &str, n: usize) -> Vec<Pod> {
     wait_for(WAIT, &format!("{n} pods of pool {pool}"), || async {
         let pods = live_pods(ns, pool).await;
         (pods.len() == n).then_some(pods)
