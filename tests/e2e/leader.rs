@@ -118,6 +118,12 @@ impl Contenders {
     /// SIGKILLs the holder and waits (at most [`TAKEOVER`]) for the standby to hold
     /// the Lease and say so in its `triad_leader` gauge.
     async fn kill_leader(&mut self, ns: &TestNamespace) -> Failover {
+        self.depose(ns, libc::SIGKILL).await
+    }
+
+    /// [`Self::kill_leader`] with `signal`: SIGKILL, or SIGSTOP to pause the leader
+    /// (see [`Self::resume`]).
+    async fn depose(&mut self, ns: &TestNamespace, signal: i32) -> Failover {
         let leader = self.holder(ns).await.expect("a leader");
         let (dead, standby) = match self.procs.iter().position(|p| p.name() == leader) {
             Some(0) => (0, 1),
@@ -125,7 +131,7 @@ impl Contenders {
         };
         let killed_at = jiff::Timestamp::now();
         let clock = Instant::now();
-        self.procs[dead].signal(libc::SIGKILL);
+        self.procs[dead].signal(signal);
         let standby_name = self.procs[standby].name().to_owned();
         let lease = wait_for(
             TAKEOVER,
@@ -152,8 +158,10 @@ impl Contenders {
             "a takeover is a transition"
         );
         let acquired_at = spec.acquire_time.expect("acquireTime").0;
-        let status = self.procs[dead].wait_exit(Duration::from_secs(5)).await;
-        assert!(!status.success(), "{leader} was killed: {status}");
+        if signal == libc::SIGKILL {
+            let status = self.procs[dead].wait_exit(Duration::from_secs(5)).await;
+            assert!(!status.success(), "{leader} was killed: {status}");
+        }
         let p = &self.procs[standby];
         wait_for(
             Duration::from_secs(5),
@@ -167,6 +175,25 @@ impl Contenders {
             killed_at,
             acquired_at,
         }
+    }
+}
+
+impl Contenders {
+    /// Lets the paused old leader `f.killed` run again: it must find that it lost the
+    /// Lease and exit (its next renewal, within a retry period, finds another holder).
+    async fn resume(&mut self, f: &Failover) {
+        let old = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name() == f.killed)
+            .expect("the old leader");
+        old.signal(libc::SIGCONT);
+        let status = old.wait_exit(TAKEOVER).await;
+        assert!(
+            !status.success(),
+            "{} stops on losing the lease: {status}",
+            f.killed
+        );
     }
 }
 
@@ -289,12 +316,18 @@ async fn assert_each_item_retried_once(items: &[WorkItem], dir: &Path, agents: &
         );
         assert_eq!(wi.status.as_ref().map(|s| s.attempt), Some(2), "{name}");
     }
-    let mut completions = 0.0;
-    for a in agents {
-        completions += a
-            .metric("triad_agent_items_total{outcome=\"Succeeded\"}")
-            .await;
-    }
+    // An agent counts a completion once its write is back, a moment after the item
+    // reads Succeeded.
+    let completions = wait_for(Duration::from_secs(10), "completions counted", || async {
+        let mut sum = 0.0;
+        for a in agents {
+            sum += a
+                .metric("triad_agent_items_total{outcome=\"Succeeded\"}")
+                .await;
+        }
+        (sum >= items.len() as f64).then_some(sum)
+    })
+    .await;
     assert_eq!(completions, items.len() as f64, "one completion per item");
 }
 
@@ -349,6 +382,51 @@ async fn scheduler_failover_keeps_retries_flowing_with_one_writer() {
         .filter(|e| e.reason.as_deref() == Some("Retrying") && instance(e) == failover.standby)
         .count();
     assert!(retried_by_standby >= 8, "{retried_by_standby}");
+}
+
+/// The leader is paused (SIGSTOP) rather than killed, so it resumes after the standby
+/// took over, still believing it leads: the case where two processes could both act
+/// as leader. Its term ran out while it was paused, so it writes nothing before its
+/// election finds the new holder and it exits.
+///
+/// Ignored: it fails. A reconcile that passed the gate just before the pause sends its
+/// status write after the resume; the write's resourceVersion still matches when the
+/// new leader has not yet touched that item, so it is accepted (and its Event
+/// published) after the old leader lost the Lease. The write is consistent (CAS on the
+/// version it read) but it is a write by a deposed leader; see the lead's notes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a write that passed the gate before a pause lands after it; see the doc comment"]
+async fn a_paused_scheduler_leader_resumes_without_writing() {
+    let ns = TestNamespace::new("leader-pause").await;
+    let dir = scratch(&ns);
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff":
+            {"baseSeconds": 0.5, "maxSeconds": 1, "jitterPercent": 0}}}}),
+    )
+    .await;
+    let mut contenders = Contenders::start(&ns, &dir, "scheduler").await;
+    let agents = start_agents(&ns, &dir, r#"sleep 0.2; [ "$TRIAD_ATTEMPT" -ge 2 ]"#).await;
+    create_items(&ns, "before", 8).await;
+    wait_for(FLOW, "three first attempts ran", || async {
+        (runs(&dir.join("ran.log")).len() >= 3).then_some(())
+    })
+    .await;
+    let paused = contenders.depose(&ns, libc::SIGSTOP).await;
+    // Work the paused leader will hear of when it resumes: its watch delivers these
+    // failed attempts at once, the same versions the new leader acts on.
+    create_items(&ns, "after", 8).await;
+    wait_for(FLOW, "first attempts of the later items", || async {
+        let runs = runs(&dir.join("ran.log"));
+        (runs.keys().filter(|k| k.starts_with("after-")).count() >= 4).then_some(())
+    })
+    .await;
+    contenders.resume(&paused).await;
+
+    let items = all_succeeded(&ns, 16).await;
+    assert_each_item_retried_once(&items, &dir, &agents).await;
+    assert_one_writer(&ns, "triad-scheduler", &paused).await;
+    assert_one_reporter_per_object(&ns, "triad-scheduler", "Retrying").await;
 }
 
 /// The pool controller keeps a pool's agent pods at its replicas; only the leader
