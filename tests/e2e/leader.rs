@@ -348,26 +348,33 @@ async fn assert_one_reporter_per_object(ns: &TestNamespace, controller: &str, re
     }
 }
 
+/// Two scheduler contenders and two agents whose items fail their first attempt and
+/// succeed on the second; eight items `before-<i>`, three of them past a first attempt.
+async fn scheduler_contest(ns: &TestNamespace, dir: &Scratch) -> (Contenders, Vec<Agent>) {
+    create::<WorkQueue>(
+        ns,
+        json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff":
+            {"baseSeconds": 0.5, "maxSeconds": 1, "jitterPercent": 0}}}}),
+    )
+    .await;
+    let contenders = Contenders::start(ns, dir, "scheduler").await;
+    let agents = start_agents(ns, dir, r#"sleep 0.2; [ "$TRIAD_ATTEMPT" -ge 2 ]"#).await;
+    create_items(ns, "before", 8).await;
+    wait_for(FLOW, "three first attempts ran", || async {
+        (runs(&dir.join("ran.log")).len() >= 3).then_some(())
+    })
+    .await;
+    (contenders, agents)
+}
+
 /// The scheduler turns a failed attempt into a retry; only the leader may. Items fail
 /// their first attempt and succeed on the second, so none finishes without a scheduler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_failover_keeps_retries_flowing_with_one_writer() {
     let ns = TestNamespace::new("leader-sched").await;
     let dir = scratch(&ns);
-    create::<WorkQueue>(
-        &ns,
-        json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff":
-            {"baseSeconds": 0.5, "maxSeconds": 1, "jitterPercent": 0}}}}),
-    )
-    .await;
-    let mut contenders = Contenders::start(&ns, &dir, "scheduler").await;
-    let agents = start_agents(&ns, &dir, r#"sleep 0.2; [ "$TRIAD_ATTEMPT" -ge 2 ]"#).await;
-    create_items(&ns, "before", 8).await;
     // In flight: first attempts have failed and are being retried.
-    wait_for(FLOW, "three first attempts ran", || async {
-        (runs(&dir.join("ran.log")).len() >= 3).then_some(())
-    })
-    .await;
+    let (mut contenders, agents) = scheduler_contest(&ns, &dir).await;
     let failover = contenders.kill_leader(&ns).await;
     create_items(&ns, "after", 8).await;
 
@@ -399,19 +406,7 @@ async fn scheduler_failover_keeps_retries_flowing_with_one_writer() {
 async fn a_paused_scheduler_leader_resumes_without_writing() {
     let ns = TestNamespace::new("leader-pause").await;
     let dir = scratch(&ns);
-    create::<WorkQueue>(
-        &ns,
-        json!({"metadata": {"name": "q"}, "spec": {"retry": {"backoff":
-            {"baseSeconds": 0.5, "maxSeconds": 1, "jitterPercent": 0}}}}),
-    )
-    .await;
-    let mut contenders = Contenders::start(&ns, &dir, "scheduler").await;
-    let agents = start_agents(&ns, &dir, r#"sleep 0.2; [ "$TRIAD_ATTEMPT" -ge 2 ]"#).await;
-    create_items(&ns, "before", 8).await;
-    wait_for(FLOW, "three first attempts ran", || async {
-        (runs(&dir.join("ran.log")).len() >= 3).then_some(())
-    })
-    .await;
+    let (mut contenders, agents) = scheduler_contest(&ns, &dir).await;
     let paused = contenders.depose(&ns, libc::SIGSTOP).await;
     // Work the paused leader will hear of when it resumes: its watch delivers these
     // failed attempts at once, the same versions the new leader acts on.
