@@ -237,26 +237,51 @@ impl LeaderElector {
 
 /// What a role checks before it writes: "am I the leader right now?". Watches and
 /// caches run on standbys too, so a failover starts warm.
+///
+/// Leadership is held for a term that each successful renewal extends, measured on this
+/// process's monotonic clock from before the renewal was sent. A leader that stops
+/// running for a while (paused, starved, its node suspended) therefore finds its gate
+/// closed when it resumes, before its election task has had a chance to learn that a
+/// standby took over: it cannot write on the strength of a stale belief.
 #[derive(Clone)]
 pub struct LeaderGate {
-    rx: tokio::sync::watch::Receiver<bool>,
+    rx: tokio::sync::watch::Receiver<Term>,
+}
+
+/// What the election last said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Term {
+    Following,
+    /// Leading until this instant unless renewed.
+    Until(tokio::time::Instant),
+    Always,
+}
+
+impl Term {
+    fn leading(self) -> bool {
+        match self {
+            Term::Following => false,
+            Term::Until(end) => tokio::time::Instant::now() < end,
+            Term::Always => true,
+        }
+    }
 }
 
 impl LeaderGate {
     /// A gate that is always open: for tests and single-replica runs without election.
     pub fn always() -> Self {
         // With the sender gone the receiver keeps reporting the last value: open.
-        let (_, rx) = tokio::sync::watch::channel(true);
+        let (_, rx) = tokio::sync::watch::channel(Term::Always);
         Self { rx }
     }
 
     pub fn is_leading(&self) -> bool {
-        *self.rx.borrow()
+        self.rx.borrow().leading()
     }
 
     /// Resolves once this process leads.
     pub async fn wait_leading(&mut self) {
-        while !*self.rx.borrow_and_update() {
+        while !self.rx.borrow_and_update().leading() {
             if self.rx.changed().await.is_err() {
                 // The election ended without leading; the process is shutting down.
                 std::future::pending::<()>().await;
@@ -272,25 +297,42 @@ pub async fn run_election(
     elector: LeaderElector,
     on_change: impl Fn(bool) + Send + 'static,
 ) -> (LeaderGate, tokio::task::JoinHandle<crate::Result<()>>) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::watch::channel(Term::Following);
     let task = tokio::spawn(async move {
         let retry = elector.duration() / 4;
         let renew_deadline = elector.duration() * 2 / 3;
         let mut last_renewed: Option<tokio::time::Instant> = None;
         loop {
+            // The renewal stamps renewTime after this instant, so a term counted from it
+            // ends before a standby can see the lease lapse.
+            let sent = tokio::time::Instant::now();
             match elector.try_acquire_or_renew().await {
+                Ok(LeaderState::Leading)
+                    if last_renewed.is_some() && sent.elapsed() >= renew_deadline =>
+                {
+                    // The renewal came back after the term it was to extend had ended,
+                    // so the gate closed meanwhile and the roles may have dropped work
+                    // they were handed. Leadership that lapsed is treated as lost, as
+                    // at the renew deadline: the process restarts with fresh caches.
+                    on_change(false);
+                    let _ = tx.send(Term::Following);
+                    return Err(crate::Error::Invalid(format!(
+                        "renewed {} only after the renew deadline {renew_deadline:?}",
+                        elector.lease_name()
+                    )));
+                }
                 Ok(LeaderState::Leading) => {
                     if last_renewed.is_none() {
                         tracing::info!(lease = elector.lease_name(), "became leader");
                         on_change(true);
                     }
-                    last_renewed = Some(tokio::time::Instant::now());
-                    let _ = tx.send(true);
+                    last_renewed = Some(sent);
+                    let _ = tx.send(Term::Until(sent + renew_deadline));
                 }
                 Ok(LeaderState::Following { holder }) => {
                     if last_renewed.is_some() {
                         on_change(false);
-                        let _ = tx.send(false);
+                        let _ = tx.send(Term::Following);
                         return Err(crate::Error::Invalid(format!(
                             "lost leadership of {} to {holder:?}",
                             elector.lease_name()
@@ -303,7 +345,7 @@ pub async fn run_election(
                         && at.elapsed() > renew_deadline
                     {
                         on_change(false);
-                        let _ = tx.send(false);
+                        let _ = tx.send(Term::Following);
                         return Err(crate::Error::Invalid(format!(
                             "could not renew {} within {renew_deadline:?}",
                             elector.lease_name()
@@ -315,4 +357,59 @@ pub async fn run_election(
         }
     });
     (LeaderGate { rx }, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(term: Term) -> (tokio::sync::watch::Sender<Term>, LeaderGate) {
+        let (tx, rx) = tokio::sync::watch::channel(term);
+        (tx, LeaderGate { rx })
+    }
+
+    /// A leader whose renewals stop (it was paused past its term) is no longer leading,
+    /// although nothing told it so: the gate closes by itself.
+    #[tokio::test(start_paused = true)]
+    async fn a_term_that_is_not_renewed_closes_the_gate_by_itself() {
+        let term = Duration::from_secs(2);
+        let (tx, gate) = gate(Term::Until(tokio::time::Instant::now() + term));
+        assert!(gate.is_leading());
+        tokio::time::advance(term / 2).await;
+        assert!(gate.is_leading());
+        tokio::time::advance(term / 2).await;
+        assert!(!gate.is_leading(), "leading past the end of its term");
+        // A renewal opens it again.
+        tx.send(Term::Until(tokio::time::Instant::now() + term))
+            .expect("send");
+        assert!(gate.is_leading());
+        tx.send(Term::Following).expect("send");
+        assert!(!gate.is_leading());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_leading_waits_for_a_live_term() {
+        let now = tokio::time::Instant::now();
+        let (tx, mut gate) = gate(Term::Until(now));
+        let mut waiting = tokio::spawn(async move { gate.wait_leading().await });
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            futures::poll!(&mut waiting).is_pending(),
+            "an ended term is not leadership"
+        );
+        tx.send(Term::Until(
+            tokio::time::Instant::now() + Duration::from_secs(5),
+        ))
+        .expect("send");
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("leading")
+            .expect("task");
+    }
+
+    #[test]
+    fn always_stays_open() {
+        assert!(Term::Always.leading());
+        assert!(!Term::Following.leading());
+    }
 }

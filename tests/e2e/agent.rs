@@ -18,8 +18,9 @@ use triad::api::{Outcome, OutcomeKind, Phase, WorkItem, WorkQueue};
 
 use crate::support::{Role, TestNamespace, kubeconfig_path, start_role, wait_for};
 
-/// One agent process; stopped (SIGTERM, then SIGKILL) when dropped. On a failing test
-/// the end of its log is printed.
+/// One `triad` child process (an agent here, a controller in `leader.rs`) with its
+/// metrics server on `port`; stopped (SIGTERM, then SIGKILL) when dropped. On a failing
+/// test the end of its log is printed.
 pub(crate) struct Agent {
     name: String,
     child: Child,
@@ -27,7 +28,7 @@ pub(crate) struct Agent {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -43,36 +44,46 @@ impl Agent {
         command: &[&str],
     ) -> Agent {
         let port = free_port();
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("agent log");
-        let err = out.try_clone().expect("agent log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_triad"));
         cmd.arg("agent")
             .arg("--")
             .args(command)
             .env("POD_NAME", name)
             .env("POD_NAMESPACE", &ns.name)
-            .env("KUBECONFIG", kubeconfig_path())
             .env("TRIAD_QUEUES", "q")
             .env("TRIAD_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("TRIAD_LEASE_SECONDS", "6")
             .env("TRIAD_PROGRESS_INTERVAL_MS", "1000")
-            .env("RUST_LOG", "info,kube=warn")
-            .env("NO_COLOR", "1")
-            .env_remove("POD_UID")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .env_remove("POD_UID");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start triad agent");
+        Self::spawn(dir, name, port, cmd)
+    }
+
+    /// Starts `cmd` (a `triad` command whose metrics server listens on `port`) against
+    /// the test cluster, logging to `<dir>/<name>.log`.
+    pub(crate) fn spawn(dir: &Path, name: &str, port: u16, mut cmd: Command) -> Agent {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("process log");
+        let err = out.try_clone().expect("process log");
+        cmd.env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd.spawn().expect("start triad");
         Agent {
             name: name.to_owned(),
             child,
             port,
             log,
         }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     async fn get(&self, path: &str) -> Option<String> {
@@ -108,7 +119,7 @@ impl Agent {
         .await;
     }
 
-    async fn metric(&self, sample: &str) -> f64 {
+    pub(crate) async fn metric(&self, sample: &str) -> f64 {
         let body = self.get("/metrics").await.expect("metrics");
         body.lines()
             .filter_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
@@ -124,7 +135,7 @@ impl Agent {
         }
     }
 
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let (name, child) = (self.name.clone(), &mut self.child);
         wait_for(timeout, &format!("agent {name} to exit"), || {
             std::future::ready(child.try_wait().expect("try_wait"))
@@ -183,7 +194,7 @@ impl Drop for Agent {
 }
 
 /// A directory for one test's logs and files; kept when the test fails.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl std::ops::Deref for Scratch {
     type Target = Path;
@@ -202,7 +213,7 @@ impl Drop for Scratch {
     }
 }
 
-fn scratch(ns: &TestNamespace) -> Scratch {
+pub(crate) fn scratch(ns: &TestNamespace) -> Scratch {
     let dir = std::env::temp_dir().join(format!("triad-e2e-{}", ns.name));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     Scratch(dir)
@@ -240,7 +251,7 @@ fn the_guard_starts_the_work_with_default_signal_handling() {
     }
 }
 
-async fn create(api: &Api<WorkItem>, name: &str, payload: Value) {
+pub(crate) async fn create(api: &Api<WorkItem>, name: &str, payload: Value) {
     api.create(&PostParams::default(), &item(name, payload))
         .await
         .expect("create item");

@@ -13,6 +13,7 @@ mod escalation;
 mod execution;
 mod kubectl_triad;
 mod ladder;
+mod leader;
 mod node;
 mod pool;
 mod scale_down;

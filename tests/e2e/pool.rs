@@ -71,7 +71,7 @@ fn template() -> Value {
     })
 }
 
-async fn create_pool(ns: &TestNamespace, name: &str, mut spec: Value) -> AgentPool {
+pub(crate) async fn create_pool(ns: &TestNamespace, name: &str, mut spec: Value) -> AgentPool {
     let obj = spec.as_object_mut().expect("spec object");
     obj.entry("template").or_insert_with(template);
     obj.entry("queues")
