@@ -107,7 +107,7 @@ pub fn slim(mut item: WorkItem) -> WorkItem {
 }
 
 /// Milliseconds since the Unix epoch: half the size of a `Timestamp`, and precise
-/// enough for claim windows and queue order (creation times have one-second grain).
+/// enough for claim windows and aging.
 type Millis = i64;
 
 fn millis(t: Timestamp) -> Millis {
@@ -124,7 +124,6 @@ fn timestamp(ms: Millis) -> Timestamp {
 pub struct Waiting {
     /// The API server's resourceVersions of custom resources are etcd revisions.
     resource_version: u64,
-    created: Millis,
     queued_since: Millis,
     /// The claim window; `Millis::MIN` and `Millis::MAX` when open.
     from: Millis,
@@ -132,6 +131,14 @@ pub struct Waiting {
     epoch: i64,
     priority: i32,
     attempt: i32,
+    /// Creation second since the Unix epoch (creation times have one-second grain).
+    created: u32,
+    /// How far `resource_version` has moved since this agent first saw the item
+    /// claimable: the queue's storage order within a creation second is the revision
+    /// first seen ([`Waiting::order_revision`]), so a status write while the item waits
+    /// (the scheduler's Queued, "position N") does not move it back. 32 bits keep the
+    /// record at 64 bytes; it saturates after 4 billion cluster writes.
+    moved: u32,
     /// When this agent first saw it claimable, in ms after the cache started: claim
     /// latency, and the start of the time it leaves the item to the agents that prefer
     /// it more.
@@ -141,6 +148,13 @@ pub struct Waiting {
     /// Fast path without status: on a queue with maxInFlight the scheduler must admit
     /// it first.
     unadmitted: bool,
+}
+
+impl Waiting {
+    /// The revision at which this agent first saw the item claimable.
+    fn order_revision(&self) -> u64 {
+        self.resource_version - u64::from(self.moved)
+    }
 }
 
 /// Which of a queue's two watches a store is fed by.
@@ -161,6 +175,7 @@ fn waiting_of(
     stream: Stream,
     queues: &[QueueWeight],
     seen: u32,
+    first_revision: Option<u64>,
 ) -> Option<Waiting> {
     let resource_version: u64 = item.metadata.resource_version.as_deref()?.parse().ok()?;
     let status = item.status.as_ref();
@@ -171,9 +186,11 @@ fn waiting_of(
     let qi = queues.iter().position(|q| q.name == queue)?;
     let window = phase::claim_window(item)?;
     let created = ts(item.metadata.creation_timestamp.as_ref()).unwrap_or(Timestamp::UNIX_EPOCH);
+    let moved = resource_version.saturating_sub(first_revision.unwrap_or(resource_version));
     Some(Waiting {
         resource_version,
-        created: millis(created),
+        created: u32::try_from(created.as_second().max(0)).unwrap_or(u32::MAX),
+        moved: u32::try_from(moved).unwrap_or(u32::MAX),
         queued_since: millis(ordering::queued_since(item).unwrap_or(created)),
         from: window.from.map_or(Millis::MIN, millis),
         until: window.until.map_or(Millis::MAX, millis),
@@ -250,8 +267,10 @@ impl Store {
         }
     }
 
-    fn seen(&self, name: &str) -> Option<u32> {
-        let from = |m: &HashMap<Box<str>, Waiting>| m.get(name).map(|w| w.seen);
+    /// When the store first saw `name` claimable, and at which revision.
+    fn first_seen(&self, name: &str) -> Option<(u32, u64)> {
+        let from =
+            |m: &HashMap<Box<str>, Waiting>| m.get(name).map(|w| (w.seen, w.order_revision()));
         from(&self.items).or_else(|| self.relist.as_ref().and_then(from))
     }
 }
@@ -530,10 +549,12 @@ impl Cache {
         let Some(name) = item.metadata.name.as_deref() else {
             return;
         };
-        let seen = store
-            .seen(name)
-            .unwrap_or_else(|| u32::try_from(self.born.elapsed().as_millis()).unwrap_or(u32::MAX));
-        let record = waiting_of(&item, store.stream, queues, seen);
+        let first = store.first_seen(name);
+        let seen = first.map_or_else(
+            || u32::try_from(self.born.elapsed().as_millis()).unwrap_or(u32::MAX),
+            |(seen, _)| seen,
+        );
+        let record = waiting_of(&item, store.stream, queues, seen, first.map(|(_, r)| r));
         let map = match store.relist.as_mut() {
             Some(relist) if relisted => relist,
             _ => &mut store.items,
@@ -734,8 +755,10 @@ impl Cache {
                 .map(|(name, w)| ordering::Candidate {
                     name,
                     priority: w.priority,
-                    created: timestamp(w.created),
+                    created: Timestamp::from_second(w.created.into())
+                        .unwrap_or(Timestamp::UNIX_EPOCH),
                     queued_since: timestamp(w.queued_since),
+                    revision: w.order_revision(),
                 })
                 .collect();
             let mut now_ready = Vec::new();
@@ -996,7 +1019,7 @@ mod tests {
     #[test]
     fn only_claimable_looking_items_are_kept() {
         let queues = qs(&[("q", 1)]);
-        let keep = |wi: &WorkItem| waiting_of(wi, Stream::Spec, &queues, 0);
+        let keep = |wi: &WorkItem| waiting_of(wi, Stream::Spec, &queues, 0, None);
         assert!(keep(&item("a", "q", 1, 1)).is_some());
         assert!(keep(&queued(item("a", "q", 1, 1))).is_some());
         assert!(keep(&item("a", "other", 1, 1)).is_none(), "not our queue");
@@ -1015,15 +1038,15 @@ mod tests {
         routed.status.as_mut().unwrap().queue = Some("escalated".into());
         assert!(keep(&routed).is_none(), "routing overrides spec.queue");
         let routed_here = qs(&[("escalated", 1)]);
-        assert!(waiting_of(&routed, Stream::Status, &routed_here, 0).is_some());
+        assert!(waiting_of(&routed, Stream::Status, &routed_here, 0, None).is_some());
         assert!(
-            waiting_of(&routed, Stream::Spec, &routed_here, 0).is_none(),
+            waiting_of(&routed, Stream::Spec, &routed_here, 0, None).is_none(),
             "kept once: by the status.queue watch"
         );
         let mut admitted = queued(item("a", "q", 1, 1));
         admitted.status.as_mut().unwrap().queue = Some("q".into());
-        assert!(waiting_of(&admitted, Stream::Status, &queues, 0).is_some());
-        assert!(waiting_of(&admitted, Stream::Spec, &queues, 0).is_none());
+        assert!(waiting_of(&admitted, Stream::Status, &queues, 0, None).is_some());
+        assert!(waiting_of(&admitted, Stream::Spec, &queues, 0, None).is_none());
         let mut odd = item("a", "q", 1, 1);
         odd.metadata.resource_version = Some("not-a-revision".into());
         assert!(keep(&odd).is_none(), "only etcd revisions are comparable");
@@ -1229,6 +1252,45 @@ mod tests {
         }
         assert!(counts["feature"] > counts["bug"] * 2, "{counts:?}");
         assert!(!counts.contains_key("docs"));
+    }
+
+    #[test]
+    fn alone_an_agent_takes_a_second_in_creation_order_despite_waiting_writes() {
+        let queues = qs(&[("q", 1)]);
+        // Created in one second, named in reverse creation order (revisions 1..=4).
+        let created = ["d", "c", "b", "a"];
+        let mut c = cache_with(
+            "me",
+            &queues,
+            created
+                .iter()
+                .zip(1..)
+                .map(|(n, rv)| item(n, "q", 500, rv))
+                .collect(),
+        );
+        // While they wait, the scheduler writes the oldest last (Queued, position N).
+        c.apply_item(0, Event::Apply(queued(item("d", "q", 500, 9))));
+        c.apply_item(0, Event::Init);
+        for (n, rv) in [("c", 5), ("a", 6), ("b", 7), ("d", 9)] {
+            c.apply_item(0, Event::InitApply(queued(item(n, "q", 500, rv))));
+        }
+        c.apply_item(0, Event::InitDone);
+        let mut skip = HashMap::new();
+        let mut taken = Vec::new();
+        for _ in 0..created.len() {
+            let Choice::Claim(p) = pick_now(&mut c, &skip, 1) else {
+                panic!("claimable");
+            };
+            let first = &p.order[0];
+            skip.insert(first.name.clone(), first.resource_version);
+            taken.push(first.name.clone());
+        }
+        assert_eq!(taken, created, "storage order as first seen, not the name");
+        // Back in the queue after leaving it (a retry): behind its same-second peers.
+        c.apply_item(0, Event::Delete(item("d", "q", 500, 9)));
+        c.apply_item(0, Event::Apply(queued(item("d", "q", 500, 20))));
+        c.apply_item(0, Event::Apply(queued(item("z", "q", 500, 12))));
+        assert_eq!(names(pick_now(&mut c, &skip, 1))[0], "z");
     }
 
     #[test]

@@ -7,7 +7,14 @@
 //! aging off. The sum is computed in i64 and saturates, so it stays well defined for
 //! any wait; it is deliberately not capped lower, because any cap lets a steady stream
 //! of high-priority work starve an item that hit the cap. Ties go to the older item by
-//! creation time, then by name, so the order is total and deterministic.
+//! creation time, then by storage order, then by name, so the order is total and
+//! deterministic. Creation times have one-second grain, so items created within one
+//! second are told apart by their etcd revision (`resourceVersion`): for an item not
+//! written since it was created, which a queued item on the fast path is, that is its
+//! creation revision. Agents use the revision at which they first saw an item
+//! claimable, so a status write while it waits (the scheduler's Queued, "position N")
+//! does not move it back; an item that left the queue and came back (a retry) sorts
+//! after its same-second peers.
 //!
 //! Agents: a claim is a compare-and-swap, and every lost race is a refused write the
 //! API server still pays for. So each agent orders equal candidates by its own hash of
@@ -34,6 +41,8 @@ pub struct Candidate<'a> {
     pub created: Timestamp,
     /// When it became claimable; see [`queued_since`].
     pub queued_since: Timestamp,
+    /// Storage order within a creation second: an etcd revision (see the module doc).
+    pub revision: u64,
 }
 
 impl<'a> Candidate<'a> {
@@ -45,6 +54,12 @@ impl<'a> Candidate<'a> {
             priority: item.effective_priority(),
             created,
             queued_since: queued_since(item).unwrap_or(created),
+            revision: item
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -74,7 +89,7 @@ pub fn effective_priority(priority: i32, waited_seconds: i64, aging_seconds: i64
 
 /// Sort key: smaller ranks are claimed first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Rank<'a>(Reverse<i64>, Timestamp, &'a str);
+pub struct Rank<'a>(Reverse<i64>, Timestamp, u64, &'a str);
 
 impl Rank<'_> {
     pub fn effective_priority(&self) -> i64 {
@@ -87,6 +102,7 @@ pub fn rank<'a>(c: &Candidate<'a>, aging_seconds: i64, now: Timestamp) -> Rank<'
     Rank(
         Reverse(effective_priority(c.priority, waited, aging_seconds)),
         c.created,
+        c.revision,
         c.name,
     )
 }
@@ -192,16 +208,20 @@ pub fn candidate_window(peers: usize, floor: usize) -> usize {
 }
 
 /// Sort key of an agent's claim order: effective priority, then creation second (FIFO
-/// at one-second grain, even with aging off), then this agent's [`affinity`].
+/// at one-second grain, even with aging off), then this agent's [`affinity`] when it
+/// shares the queue (0 when alone), then storage order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct AgentRank<'a>(Reverse<i64>, i64, Reverse<u64>, &'a str);
+struct AgentRank<'a>(Reverse<i64>, i64, Reverse<u64>, u64, &'a str);
 
 /// The best `k` candidates in the order agent `me` tries them, in O(n + k log k).
-/// Priority and aging hold across agents; within one priority and creation second
-/// each agent has its own order, so that concurrent choices rarely collide.
+/// Priority and aging hold across agents. Within one priority and creation second an
+/// agent that shares the queue (`alone` false) has its own order, so that concurrent
+/// choices rarely collide; an agent alone has nobody to collide with and takes them in
+/// storage order, which is creation order (strict FIFO).
 pub fn agent_order(
     candidates: &[Candidate<'_>],
     me: &str,
+    alone: bool,
     k: usize,
     aging_seconds: i64,
     now: Timestamp,
@@ -210,11 +230,13 @@ pub fn agent_order(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let Rank(priority, created, name) = rank(c, aging_seconds, now);
+            let Rank(priority, created, revision, name) = rank(c, aging_seconds, now);
+            let spread = if alone { 0 } else { affinity(me, name) };
             let key = AgentRank(
                 priority,
                 created.as_second(),
-                Reverse(affinity(me, name)),
+                Reverse(spread),
+                revision,
                 name,
             );
             (key, i)
@@ -233,7 +255,9 @@ pub struct Ordered {
 /// The order in which agent `me` tries candidates when `live` (itself included) are
 /// the agents serving the queue: its window of the best `k` in queue order
 /// ([`agent_order`]), and within one priority and creation second the items it stands
-/// best for first, each with its [`standing`].
+/// best for first, each with its [`standing`], and among equal standings the older
+/// first by storage order (so an agent takes the items it owns in creation order, and
+/// an agent alone takes a second's items strictly FIFO).
 ///
 /// Why standing and not only the agent's own preference: in a backlog every item has
 /// waited longer than any defer, so the defer no longer keeps agents apart, and an
@@ -251,17 +275,20 @@ pub fn claim_order(
     aging_seconds: i64,
     now: Timestamp,
 ) -> Vec<Ordered> {
-    let order = agent_order(candidates, me, k, aging_seconds, now);
-    // The agent's own position last keeps its order among equal standings.
-    let mut keyed: Vec<(Reverse<i64>, i64, usize, usize)> = order
+    let alone = live.iter().all(|a| *a == me);
+    let order = agent_order(candidates, me, alone, k, aging_seconds, now);
+    // The agent's own position last keeps its order among equal revisions.
+    let mut keyed: Vec<(Reverse<i64>, i64, usize, u64, usize)> = order
         .iter()
         .enumerate()
         .map(|(position, &index)| {
-            let Rank(priority, created, name) = rank(&candidates[index], aging_seconds, now);
+            let Rank(priority, created, revision, name) =
+                rank(&candidates[index], aging_seconds, now);
             (
                 priority,
                 created.as_second(),
                 standing(me, live, name),
+                revision,
                 position,
             )
         })
@@ -269,7 +296,7 @@ pub fn claim_order(
     keyed.sort_unstable();
     keyed
         .into_iter()
-        .map(|(_, _, standing, position)| Ordered {
+        .map(|(_, _, standing, _, position)| Ordered {
             index: order[position],
             standing,
         })
@@ -350,6 +377,15 @@ mod tests {
             priority,
             created: t(created),
             queued_since: t(created),
+            revision: 0,
+        }
+    }
+
+    /// A candidate written to etcd at `revision`.
+    fn at(name: &str, priority: i32, created: i64, revision: u64) -> Candidate<'_> {
+        Candidate {
+            revision,
+            ..c(name, priority, created)
         }
     }
 
@@ -377,6 +413,83 @@ mod tests {
             .map(|i| cs[i].name)
             .collect();
         assert_eq!(order, ["hi", "old", "a", "b"]);
+    }
+
+    #[test]
+    fn within_a_creation_second_storage_order_comes_before_the_name() {
+        // Created 100 ms apart in one second, named in reverse: the revision decides.
+        let cs = [
+            at("c", 500, 10, 103),
+            at("b", 500, 10, 101),
+            at("a", 500, 10, 102),
+            at("older", 500, 9, 200),
+            at("hi", 900, 11, 300),
+        ];
+        let order: Vec<&str> = top_k(&cs, 5, 0, t(20))
+            .into_iter()
+            .map(|i| cs[i].name)
+            .collect();
+        assert_eq!(
+            order,
+            ["hi", "older", "b", "a", "c"],
+            "priority, then second, then revision"
+        );
+        assert_eq!(positions(&cs, 0, t(20)), vec![5, 3, 4, 2, 1]);
+        // Aging still outranks the revision: the item waiting longer gains a point.
+        let aged = [at("new", 500, 10, 1), at("old", 500, 0, 2)];
+        assert_eq!(top_k(&aged, 1, 10, t(19)), vec![1]);
+    }
+
+    #[test]
+    fn an_agent_alone_takes_a_second_strictly_in_creation_order() {
+        // Eight items 100 ms apart across two seconds, named in reverse order; a window
+        // of 2 (top-k 1) must still reach for the oldest first, whoever the agent is.
+        let names: Vec<String> = (0..8).map(|i| format!("item-{}", 7 - i)).collect();
+        let cs: Vec<Candidate<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| at(n, 500, 10 + i as i64 / 5, 100 + i as u64))
+            .collect();
+        for me in ["a", "b", "solo", "agent-7"] {
+            let mut left: Vec<usize> = (0..cs.len()).collect();
+            let mut taken = Vec::new();
+            while !left.is_empty() {
+                let rest: Vec<Candidate<'_>> = left.iter().map(|&i| cs[i]).collect();
+                let first = claim_order(&rest, me, &[me], 2, 0, t(20))[0];
+                assert_eq!(first.standing, 0);
+                taken.push(left.remove(first.index));
+            }
+            assert_eq!(taken, (0..8).collect::<Vec<_>>(), "agent {me}");
+        }
+        // Priority still comes first.
+        let mixed = [at("z-old", 1, 10, 1), at("a-new", 900, 10, 2)];
+        assert_eq!(claim_order(&mixed, "a", &["a"], 2, 0, t(20))[0].index, 1);
+    }
+
+    #[test]
+    fn sharing_agents_take_the_items_they_own_oldest_first() {
+        let names: Vec<String> = (0..100).map(|i| format!("item-{:03}", 99 - i)).collect();
+        let cs: Vec<Candidate<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| at(n, 500, 7, 1000 + i as u64))
+            .collect();
+        let agents: Vec<String> = (0..5).map(|a| format!("agent-{a}")).collect();
+        let live: Vec<&str> = agents.iter().map(String::as_str).collect();
+        for me in &live {
+            let order = claim_order(&cs, me, &live, 100, 0, t(8));
+            let key = |o: &Ordered| (o.standing, cs[o.index].revision);
+            assert!(
+                order.windows(2).all(|w| key(&w[0]) < key(&w[1])),
+                "{me}: by standing, then oldest revision first"
+            );
+        }
+        // Spreading is kept: the agents' first choices differ.
+        let firsts: std::collections::BTreeSet<usize> = live
+            .iter()
+            .map(|me| claim_order(&cs, me, &live, 10, 0, t(8))[0].index)
+            .collect();
+        assert_eq!(firsts.len(), live.len());
     }
 
     #[test]
@@ -429,7 +542,8 @@ mod tests {
                 name: "x",
                 priority: 900,
                 created: t(10),
-                queued_since: t(30)
+                queued_since: t(30),
+                revision: 0,
             }
         );
     }
@@ -526,14 +640,20 @@ mod tests {
             c("mid-early", 500, 2),
         ];
         for me in ["a", "b", "c", "zz"] {
-            let order: Vec<&str> = agent_order(&cs, me, 4, 0, t(10))
+            let order: Vec<&str> = agent_order(&cs, me, false, 4, 0, t(10))
                 .into_iter()
                 .map(|i| cs[i].name)
                 .collect();
             assert_eq!(order, ["hi", "mid-early", "mid-late", "low"], "agent {me}");
         }
-        assert_eq!(agent_order(&cs, "a", 0, 0, t(10)), Vec::<usize>::new());
-        assert_eq!(agent_order(&[], "a", 3, 0, t(10)), Vec::<usize>::new());
+        assert_eq!(
+            agent_order(&cs, "a", false, 0, 0, t(10)),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            agent_order(&[], "a", false, 3, 0, t(10)),
+            Vec::<usize>::new()
+        );
     }
 
     #[test]
@@ -541,7 +661,7 @@ mod tests {
         let names: Vec<String> = (0..100).map(|i| format!("item-{i:03}")).collect();
         let cs: Vec<Candidate<'_>> = names.iter().map(|n| c(n, 500, 7)).collect();
         let firsts: std::collections::BTreeSet<usize> = (0..20)
-            .map(|a| agent_order(&cs, &format!("agent-{a}"), 10, 0, t(8))[0])
+            .map(|a| agent_order(&cs, &format!("agent-{a}"), false, 10, 0, t(8))[0])
             .collect();
         assert!(
             firsts.len() >= 14,
@@ -549,8 +669,11 @@ mod tests {
             firsts.len()
         );
         // A partial selection still returns this agent's best k, in its order.
-        let all = agent_order(&cs, "agent-1", 100, 0, t(8));
-        assert_eq!(agent_order(&cs, "agent-1", 10, 0, t(8)), all[..10].to_vec());
+        let all = agent_order(&cs, "agent-1", false, 100, 0, t(8));
+        assert_eq!(
+            agent_order(&cs, "agent-1", false, 10, 0, t(8)),
+            all[..10].to_vec()
+        );
     }
 
     #[test]
@@ -600,7 +723,7 @@ mod tests {
         for o in &order {
             assert_eq!(o.standing, standing("agent-3", &live, spread[o.index].name));
         }
-        let window: Vec<usize> = agent_order(&spread, "agent-3", 40, 0, t(20));
+        let window: Vec<usize> = agent_order(&spread, "agent-3", false, 40, 0, t(20));
         let mut chosen: Vec<usize> = order.iter().map(|o| o.index).collect();
         chosen.sort_unstable();
         let mut expected = window.clone();

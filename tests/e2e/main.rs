@@ -4,6 +4,7 @@ mod agent;
 mod api;
 mod chaos;
 mod chart;
+mod corners;
 mod crd_fuzz;
 // Shared with the cluster-free `fuzz` test crate.
 #[path = "../fuzz/crd_model.rs"]
