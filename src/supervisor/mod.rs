@@ -32,10 +32,10 @@ use tracing::{debug, info, warn};
 
 use crate::api::{AgentPool, Counters, Phase, Supervision, Timeouts, WorkItem, WorkQueue, labels};
 use crate::core::supervision::{
-    Action, AgentHealth, ChangeObserver, Monitor, Orphans, PodHealth, RULE_ATTEMPT_TIMEOUT,
-    RULE_PAST_DEADLINE, Signal, Step, attempt_started_at, attempt_timed_out, budget_signals,
+    Action, AgentHealth, ChangeObserver, ItemClock, Monitor, Orphans, PodHealth,
+    RULE_ATTEMPT_TIMEOUT, RULE_PAST_DEADLINE, Signal, Step, attempt_timed_out, budget_signals,
     deadline_passed_at, decide, effective_budget, leftover_conditions, may_reclaim, pod_health,
-    progress_marker, reported_violation, stall_since, violation_signal,
+    reported_violation, stall_since, violation_signal,
 };
 use crate::k8s::lease::AGENT_LEASE_SELECTOR;
 use crate::k8s::queue::ReconcileQueue;
@@ -69,8 +69,9 @@ struct Supervisor {
     leases: Mutex<HashMap<Key, SeenLease>>,
     /// Per Running item: what its usage and violations counters last counted.
     seen: Mutex<HashMap<Key, accounting::Seen>>,
-    /// Per Running item: when we last saw its progress change (our clock).
-    progress: Mutex<HashMap<Key, ChangeObserver>>,
+    /// Per Running item: when we first saw its attempt and last saw its progress change
+    /// (our clock).
+    progress: Mutex<HashMap<Key, ItemClock>>,
     /// Per agent pod: the health last reported with an Event.
     health: Mutex<HashMap<Key, AgentHealth>>,
     pods_changed: tokio::sync::Notify,
@@ -397,28 +398,33 @@ impl Supervisor {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_progress(&self) -> std::sync::MutexGuard<'_, HashMap<Key, ChangeObserver>> {
+    fn lock_progress(&self) -> std::sync::MutexGuard<'_, HashMap<Key, ItemClock>> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes, on our clock, whether a Running item's progress changed since we last saw it.
+    /// Notes, on our clock, whether a Running item's attempt or progress changed since
+    /// we last saw it.
     fn observe_progress(&self, item: &WorkItem) {
         let Some(key) = key_of(item) else { return };
-        let marker = progress_marker(item);
         let now = Timestamp::now();
         self.lock_progress()
             .entry(key)
-            .and_modify(|o| {
-                o.observe(&marker, now);
-            })
-            .or_insert_with(|| ChangeObserver::new(marker, now));
+            .and_modify(|c| c.observe(item, now))
+            .or_insert_with(|| ItemClock::new(item, now));
     }
 
     /// When we last saw this item's progress change, or its attempt start.
     fn progress_seen_at(&self, key: &Key) -> Option<Timestamp> {
         self.lock_progress()
             .get(key)
-            .map(ChangeObserver::last_change_seen_at)
+            .map(ItemClock::progress_seen_at)
+    }
+
+    /// When we first saw this item's current attempt.
+    fn attempt_seen_at(&self, key: &Key) -> Option<Timestamp> {
+        self.lock_progress()
+            .get(key)
+            .map(ItemClock::attempt_seen_at)
     }
 
     /// The queue's supervision policy, default budget and timeouts.
@@ -778,7 +784,7 @@ impl Supervisor {
         // Progress.
         // Judged by when we saw progress change (our clock), not by the agent's stamps.
         let last_progress = self.progress_seen_at(key);
-        let started = attempt_started_at(&item);
+        let started = self.attempt_seen_at(key);
         if let Some(since) = stall_since(last_progress, None, policy.stall_seconds, now) {
             signals.push(Signal::Stalled { since });
             fault(Monitor::Progress, since);
@@ -797,7 +803,7 @@ impl Supervisor {
             signals.push(violation_signal(&v, &policy));
             fault(Monitor::Violation, v.at);
         }
-        if let Some(at) = attempt_timed_out(&item, &timeouts, now) {
+        if let Some(at) = attempt_timed_out(started, &timeouts, now) {
             signals.push(Signal::AttemptTimeout);
             fault(Monitor::Violation, at);
         }
