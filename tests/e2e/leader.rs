@@ -544,3 +544,51 @@ async fn supervisor_failover_keeps_timeouts_enforced_with_one_writer() {
     assert_one_writer(&ns, "triad-supervisor", &failover).await;
     assert_one_reporter_per_object(&ns, "triad-supervisor", "AttemptTimeout").await;
 }
+
+/// A leader stopped with SIGTERM (a rollout, a scale-down) hands its Lease over on the
+/// way out: the Lease is seen with no holder before the standby takes it, so the standby
+/// need not wait out a lease duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_releases_its_lease() {
+    let ns = TestNamespace::new("leader-term").await;
+    let dir = scratch(&ns);
+    let mut contenders = Contenders::start(&ns, &dir, "pools").await;
+    // Every holder the Lease had, in order, from a watch that runs across the handover.
+    let holders: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = holders.clone();
+    let leases = watcher(
+        ns.api::<Lease>(),
+        watcher::Config::default().fields("metadata.name=triad-pools"),
+    )
+    .applied_objects();
+    let _watch = tokio::spawn(leases.for_each(move |lease| {
+        if let Ok(lease) = lease {
+            let holder = lease.spec.and_then(|s| s.holder_identity);
+            let mut seen = seen.lock().expect("lock");
+            if seen.last() != Some(&holder) {
+                seen.push(holder);
+            }
+        }
+        std::future::ready(())
+    }));
+    wait_for(
+        Duration::from_secs(10),
+        "the watch to see the leader",
+        || async { (!holders.lock().expect("lock").is_empty()).then_some(()) },
+    )
+    .await;
+    let f = contenders.depose(&ns, libc::SIGTERM).await;
+    let seen = wait_for(
+        Duration::from_secs(10),
+        "the watch to see the standby",
+        || async {
+            let seen = holders.lock().expect("lock").clone();
+            seen.contains(&Some(f.standby.clone())).then_some(seen)
+        },
+    )
+    .await;
+    let released = seen.windows(3).any(|w| {
+        w[0].as_deref() == Some(&f.killed) && w[1].is_none() && w[2].as_deref() == Some(&f.standby)
+    });
+    assert!(released, "holders seen: {seen:?}");
+}
