@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, etcd,
-# crictl, helm and promtool from the published Go modules into a cache outside the checkout. Only what is missing
+# crictl, helm, promtool and prometheus from the published Go modules into a cache outside the checkout. Only what is missing
 # is built, so a warm cache makes this a no-op.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
@@ -79,6 +79,17 @@ build_promtool() {
     "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
 }
 
+# prometheus: the server from the same module as promtool, so hack/prometheus.sh can scrape
+# a demo cluster and evaluate the chart's dashboard queries and alerts as a user's would.
+# Built without the builtinassets tag: the web UI is not needed, only the HTTP API.
+build_prometheus() {
+  [[ -x "$PROMETHEUS_BIN/prometheus" ]] && return 0
+  log "building prometheus $PROMTOOL_VERSION (cold: ~10 min on 2 cores)"
+  mkdir -p "$PROMETHEUS_BIN"
+  GOBIN="$PROMETHEUS_BIN" go install -trimpath -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMTOOL_VERSION"
+}
+
 # crictl: the CRI client a node's operator uses; hack/node.sh removes a node's pods with it.
 build_crictl() {
   [[ -x "$CRICTL_BIN/crictl" ]] && return 0
@@ -88,7 +99,7 @@ build_crictl() {
     "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 }
 
-targets=("${@:-kubernetes etcd crictl helm promtool}")
+targets=("${@:-kubernetes etcd crictl helm promtool prometheus}")
 for t in ${targets[*]}; do
   ( "build_$t" )
 done
