@@ -141,6 +141,14 @@ pub fn new_registry() -> Registry {
 
 pub type SharedRegistry = Arc<Registry>;
 
+/// The registry as a scrape sees it (tests).
+#[cfg(test)]
+pub fn scrape(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("encode");
+    out
+}
+
 impl ControllerMetrics {
     /// Unregistered families, replaced by the process's shared ones at startup.
     pub fn placeholder() -> Self {
@@ -163,8 +171,7 @@ mod tests {
         let mut registry = Registry::default();
         let m = ControllerMetrics::register(&mut registry);
         drop(m.time_reconcile("workitem"));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        let out = scrape(&registry);
         assert!(
             out.contains("triad_reconcile_errors_total{controller=\"workitem\"} 0"),
             "{out}"

@@ -223,8 +223,7 @@ mod tests {
     fn interventions_start_at_zero_so_increase_sees_the_first() {
         let mut registry = Registry::default();
         let m = SupervisorMetrics::register(&mut registry);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        let out = crate::metrics::scrape(&registry);
         for line in [
             "triad_interventions_total{monitor=\"progress\",action=\"CancelRequested\"} 0",
             "triad_interventions_total{monitor=\"budget\",action=\"Escalate\"} 0",
@@ -233,8 +232,7 @@ mod tests {
             assert!(out.contains(line), "{line} missing in:\n{out}");
         }
         m.intervention("progress", "CancelRequested");
-        out.clear();
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        let out = crate::metrics::scrape(&registry);
         assert!(
             out.contains(
                 "triad_interventions_total{monitor=\"progress\",action=\"CancelRequested\"} 1"
