@@ -8,7 +8,8 @@
 # the alerts for those failures must fire. Exits non-zero otherwise. KEEP=1 leaves
 # everything running.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need_tools kubernetes
+# prometheus too, before the cluster starts: hack/prometheus.sh runs it beside the demo.
+need_tools kubernetes helm prometheus
 NAME="${1:-dev}"
 TIMEOUT="${DEMO_TIMEOUT:-240}"
 export_line="$(bash "$HACK_DIR/cluster.sh" up "$NAME" | tail -1)"

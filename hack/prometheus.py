@@ -24,7 +24,10 @@ import time
 import urllib.parse
 import urllib.request
 
-import yaml
+try:
+    import yaml
+except ImportError:
+    sys.exit("prometheus.py needs PyYAML: apt-get install python3-yaml (or pip install pyyaml)")
 
 # Fields of a ServiceMonitor endpoint / PodMonitor podMetricsEndpoint that are
 # translated below; anything else fails the translation.
