@@ -13,7 +13,7 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## build the control plane, kubelet, etcd, crictl, helm and promtool from Go modules (cached)
+tools: ## build the control plane, kubelet, etcd, crictl, helm, promtool and prometheus from Go modules (cached)
 	@bash $(HACK)/build-control-plane.sh
 
 .PHONY: build
@@ -52,7 +52,7 @@ deploy: ## install the CRDs and the Helm chart into the current KUBECONFIG's clu
 	@bash $(HACK)/deploy.sh $(VALUES)
 
 .PHONY: demo
-demo: ## local cluster, the chart installed with helm, the samples run; fails unless the story ends as told (KEEP=1 leaves it up)
+demo: ## local cluster, the chart installed with helm, the samples run, a Prometheus from the chart's monitors; fails unless the story ends as told and the dashboard and alerts see it (KEEP=1 leaves it up)
 	@bash $(HACK)/image.sh build $(IMAGE_PROFILE)
 	@bash $(HACK)/demo.sh $(CLUSTER)
 

@@ -166,7 +166,7 @@ up() {
 
 down() {
   node_down
-  for p in scheduler controller-manager apiserver etcd; do stop_one "$p"; done
+  for p in prometheus scheduler controller-manager apiserver etcd; do stop_one "$p"; done
   rm -rf "$DIR"
   [[ "${1:-}" == quiet ]] || log "cluster '$NAME' stopped"
 }

@@ -2,10 +2,14 @@
 # The demo: a local cluster with a kubelet node, the operator installed from Triad's
 # image with Helm, and config/samples/ — then a live view until the sample request
 # finishes, a summary, and a check that the story went as told: the request Succeeded,
-# the stalled task was restarted, the over-budget task was escalated and re-routed.
-# Exits non-zero otherwise. KEEP=1 leaves everything running.
+# the stalled task was restarted, the over-budget task was escalated and re-routed, the
+# broken chore was dead-lettered. A Prometheus configured from the chart's monitors and
+# rules (hack/prometheus.sh) scrapes the run; every dashboard query must return data and
+# the alerts for those failures must fire. Exits non-zero otherwise. KEEP=1 leaves
+# everything running.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-need_tools kubernetes
+# prometheus too, before the cluster starts: hack/prometheus.sh runs it beside the demo.
+need_tools kubernetes helm prometheus
 NAME="${1:-dev}"
 TIMEOUT="${DEMO_TIMEOUT:-240}"
 export_line="$(bash "$HACK_DIR/cluster.sh" up "$NAME" | tail -1)"
@@ -16,8 +20,13 @@ STATE_DIR="$(dirname "$KUBECONFIG")"
 HELM_TIMEOUT=2m bash "$HACK_DIR/deploy.sh" >"$STATE_DIR/deploy.log" 2>&1 ||
   { echo "helm install failed:"; tail -20 "$STATE_DIR/deploy.log"; exit 1; }
 echo "operator installed: $(kubectl -n triad-system get deploy -o name | tr '\n' ' ')"
+# Prometheus starts before the samples so that it sees every counter at 0 first.
+bash "$HACK_DIR/prometheus.sh" start "$STATE_DIR" >"$STATE_DIR/prometheus-start.log" 2>&1 ||
+  { echo "Prometheus did not start:"; tail -20 "$STATE_DIR/prometheus-start.log"; exit 1; }
+prom_since="$(date +%s)"
 
 kubectl delete workrequest release-1-2 --ignore-not-found --wait=true >/dev/null 2>&1 || true
+kubectl delete workitem docs-broken-link --ignore-not-found --wait=true >/dev/null 2>&1 || true
 kubectl apply -f "$REPO_ROOT/config/samples/"
 start=$SECONDS
 phase=""
@@ -44,6 +53,14 @@ check "flaky-login stalled, the progress monitor restarted it, and a later attem
   '[[ "$(task flaky-login "{.items[0].status.interventions[*].monitor}")" == *progress* && "$(task flaky-login "{.items[0].status.attempt}")" -ge 2 ]]'
 check "export-csv ran over its token budget, was escalated and re-routed to the bug queue" \
   '[[ "$(task export-csv "{.items[0].status.interventions[*].action}")" == *Escalate* && "$(task export-csv "{.items[0].status.queue}")" == bug ]]'
+dead_lettered() {
+  local deadline=$((SECONDS + 60))
+  until [[ "$(kubectl get wi docs-broken-link -o jsonpath='{.status.phase}' 2>/dev/null)" == DeadLettered ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 1
+  done
+}
+check "docs-broken-link failed every attempt and was dead-lettered" 'dead_lettered'
 # A running agent of the Mortal pool (a replacement may still be starting): its log,
 # served by the kubelet, within 30 s.
 agent_log() {
@@ -59,8 +76,11 @@ agent_log() {
 agent=""
 check "kubectl logs shows a running agent's log" 'agent_log'
 [[ -n "$agent" ]] && echo "        ($agent: $(kubectl logs "$agent" --tail=1 2>/dev/null | cut -c1-100))"
+echo; echo "Prometheus (scraping as the chart's ServiceMonitor and PodMonitor say, with its alert rules):"
+bash "$HACK_DIR/prometheus.sh" check "$STATE_DIR" "$prom_since" || status=1
 if [[ "${KEEP:-0}" == 1 ]]; then
-  echo; echo "Everything keeps running (the operator is the Helm release 'triad' in triad-system). Use it with:"; echo "$export_line"
+  echo; echo "Everything keeps running (the operator is the Helm release 'triad' in triad-system;"
+  echo "Prometheus's API at http://127.0.0.1:$(cat "$STATE_DIR/prometheus/port")). Use it with:"; echo "$export_line"
 else
   bash "$HACK_DIR/cluster.sh" down "$NAME"
 fi

@@ -10,11 +10,12 @@ K8S_BIN="$TRIAD_CACHE/k8s-$K8S_VERSION/bin"
 ETCD_BIN="$TRIAD_CACHE/etcd-$ETCD_VERSION/bin"
 HELM_BIN="$TRIAD_CACHE/helm-$HELM_VERSION/bin"
 PROMTOOL_BIN="$TRIAD_CACHE/promtool-$PROMTOOL_VERSION/bin"
+PROMETHEUS_BIN="$TRIAD_CACHE/prometheus-$PROMTOOL_VERSION/bin"
 CRICTL_BIN="$TRIAD_CACHE/crictl-$CRICTL_VERSION/bin"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-# need_tools <tool>...: build what is missing of kubernetes, etcd, crictl, helm, promtool
-# (hack/build-control-plane.sh) and put those on PATH. A script reaches only the tools it
+# need_tools <tool>...: build what is missing of kubernetes, etcd, crictl, helm, promtool,
+# prometheus (hack/build-control-plane.sh) and put those on PATH. A script reaches only the tools it
 # asks for, so one that forgets fails at once on every machine, warm cache or cold, and
 # not only on a new one.
 need_tools() {
@@ -27,6 +28,7 @@ need_tools() {
       crictl) PATH="$CRICTL_BIN:$PATH" ;;
       helm) PATH="$HELM_BIN:$PATH" ;;
       promtool) PATH="$PROMTOOL_BIN:$PATH" ;;
+      prometheus) PATH="$PROMETHEUS_BIN:$PATH" ;;
       *) echo "need_tools: unknown tool $t" >&2; exit 2 ;;
     esac
   done

@@ -84,6 +84,15 @@ promtool check rules "$CHART/files/alerts.yaml"
 helm template triad "$CHART" --set metrics.prometheusRule.enabled=true --show-only templates/prometheusrule.yaml |
   sed -n '/^spec:/,$p' | tail -n +2 | sed 's/^  //' >"$WORK/rendered-rules.yaml"
 promtool check rules "$WORK/rendered-rules.yaml" >/dev/null || fail "the rendered PrometheusRule has invalid rules"
+# The ServiceMonitor and PodMonitor translate (as make demo's Prometheus uses them) into
+# a scrape config promtool accepts.
+mkdir -p "$WORK/prometheus"
+helm template triad "$CHART" --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true \
+  --set metrics.prometheusRule.enabled=true \
+  --show-only templates/servicemonitor.yaml --show-only templates/prometheusrule.yaml >"$WORK/monitors.yaml"
+python3 "$HACK_DIR/prometheus.py" config "$WORK/monitors.yaml" "$WORK/kubeconfig" "$WORK/prometheus" 30s >/dev/null &&
+  promtool check config "$WORK/prometheus/prometheus.yml" >/dev/null ||
+  fail "the ServiceMonitor and PodMonitor do not translate into a valid Prometheus config"
 
 step "Grafana dashboard JSON and the metrics it and the alerts use"
 python3 - "$CHART/dashboards/triad.json" "$CHART/files/alerts.yaml" <<'PY' || fail "dashboard or alert metrics"

@@ -100,14 +100,15 @@ impl ControllerMetrics {
     }
 
     /// Observes a reconcile's duration when the returned guard drops.
+    /// Also gives the controller its error counter at 0, so `rate()` in the dashboard
+    /// and TriadReconcileErrors sees its first errors (a series born at 1 has no step).
     pub fn time_reconcile(&self, controller: &str) -> ReconcileTimer {
+        let labels = ControllerLabels {
+            controller: controller.to_owned(),
+        };
+        let _ = self.reconcile_errors.get_or_create(&labels);
         ReconcileTimer {
-            histogram: self
-                .reconcile_duration
-                .get_or_create(&ControllerLabels {
-                    controller: controller.to_owned(),
-                })
-                .clone(),
+            histogram: self.reconcile_duration.get_or_create(&labels).clone(),
             start: Instant::now(),
         }
     }
@@ -140,6 +141,14 @@ pub fn new_registry() -> Registry {
 
 pub type SharedRegistry = Arc<Registry>;
 
+/// The registry as a scrape sees it (tests).
+#[cfg(test)]
+pub fn scrape(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("encode");
+    out
+}
+
 impl ControllerMetrics {
     /// Unregistered families, replaced by the process's shared ones at startup.
     pub fn placeholder() -> Self {
@@ -156,6 +165,18 @@ impl ControllerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconciling_controller_exports_its_error_counter_at_zero() {
+        let mut registry = Registry::default();
+        let m = ControllerMetrics::register(&mut registry);
+        drop(m.time_reconcile("workitem"));
+        let out = scrape(&registry);
+        assert!(
+            out.contains("triad_reconcile_errors_total{controller=\"workitem\"} 0"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn label_values_from_work_fold_into_other_past_the_cap() {

@@ -21,6 +21,18 @@ pub mod outcome {
     pub const FENCED: &str = "Fenced";
     pub const LEASE_LOST: &str = "LeaseLost";
     pub const ABANDONED: &str = "Abandoned";
+    /// Every outcome label: the outcome kinds and the three above.
+    pub const ALL: [&str; 9] = [
+        "Succeeded",
+        "Failed",
+        "FailedPermanently",
+        "Cancelled",
+        "LeaseExpired",
+        "Released",
+        FENCED,
+        LEASE_LOST,
+        ABANDONED,
+    ];
 }
 
 #[derive(Clone)]
@@ -60,6 +72,13 @@ impl AgentMetrics {
             "Items this agent finished, by outcome",
             m.items.clone(),
         );
+        // Each outcome starts at 0: a Mortal agent finishes a few items and is gone, and
+        // `rate()` sees an item only as a step between two scrapes of the same series.
+        for o in outcome::ALL {
+            let _ = m.items.get_or_create(&OutcomeLabels {
+                outcome: o.to_owned(),
+            });
+        }
         registry.register(
             "triad_agent_claim_attempts",
             "Claims tried (compare-and-swap writes)",
@@ -136,6 +155,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         for name in [
             "triad_agent_items_total{outcome=\"Succeeded\"} 1",
+            "triad_agent_items_total{outcome=\"Failed\"} 0",
             "triad_agent_claim_attempts_total 1",
             "triad_agent_claim_conflicts_total",
             "triad_agent_claim_prechecks_total",

@@ -1074,6 +1074,7 @@ impl Agent {
     }
 }
 
+/// The `outcome` label of an accepted outcome; each is in `metrics::outcome::ALL`.
 fn kind_label(kind: OutcomeKind) -> &'static str {
     match kind {
         OutcomeKind::Succeeded => "Succeeded",

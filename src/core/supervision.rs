@@ -785,6 +785,47 @@ pub enum Action {
     Extend { counter: String, amount: f64 },
 }
 
+/// The (monitor, action) pairs [`decide`] can produce, as the metric labels say them.
+/// The supervisor's intervention counter starts each at 0: `increase()` in an alert or
+/// dashboard sees an intervention only as a step between two scrapes, so a series born
+/// at 1 with the first intervention would go unseen. A pair missing here only costs that
+/// first step.
+pub const INTERVENTION_KINDS: &[(Monitor, &[&str])] = &[
+    (Monitor::Health, &["FenceOut", "DeletePod"]),
+    (
+        Monitor::Progress,
+        &[
+            "Warn",
+            "CancelRequested",
+            "Escalate",
+            "FenceOut",
+            "DeletePod",
+        ],
+    ),
+    (
+        Monitor::Budget,
+        &[
+            "Warn",
+            "Extend",
+            "CancelRequested",
+            "Escalate",
+            "FenceOut",
+            "DeletePod",
+        ],
+    ),
+    (
+        Monitor::Violation,
+        &[
+            "Warn",
+            "CancelRequested",
+            "Escalate",
+            "FenceOut",
+            "DeletePod",
+        ],
+    ),
+    (Monitor::User, &["Cancel", "FenceOut", "DeletePod"]),
+];
+
 impl Action {
     /// The `action` of the intervention record (and the metric label).
     pub fn name(&self) -> &'static str {
@@ -1254,6 +1295,38 @@ mod tests {
     use crate::core::testutil::{t, time};
 
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn every_action_name_is_a_known_intervention_kind() {
+        let known: Vec<&str> = INTERVENTION_KINDS
+            .iter()
+            .flat_map(|(_, actions)| actions.iter().copied())
+            .collect();
+        let stop = |end| {
+            Action::RequestCancel(StopRequest {
+                end,
+                cause: "Stalled".into(),
+            })
+        };
+        for action in [
+            Action::Warn,
+            stop(StopEnd::Retry),
+            stop(StopEnd::Fail),
+            stop(StopEnd::Escalate),
+            stop(StopEnd::Cancel),
+            Action::FenceOut {
+                outcome: OutcomeKind::LeaseExpired,
+                reason: "LeaseExpired".into(),
+            },
+            Action::DeletePod,
+            Action::Extend {
+                counter: "tokens".into(),
+                amount: 1.0,
+            },
+        ] {
+            assert!(known.contains(&action.name()), "{}", action.name());
+        }
+    }
 
     #[test]
     fn lease_staleness_is_measured_on_our_clock() {

@@ -78,6 +78,14 @@ impl SupervisorMetrics {
             "Supervisor interventions by monitor and action",
             interventions.clone(),
         );
+        for (monitor, actions) in crate::core::supervision::INTERVENTION_KINDS {
+            for action in *actions {
+                let _ = interventions.get_or_create(&InterventionLabels {
+                    monitor: monitor.as_str().into(),
+                    action: (*action).into(),
+                });
+            }
+        }
         let fault_to_intervention =
             Family::<MonitorLabels, Histogram>::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.1, 2.0, 14))
@@ -204,5 +212,32 @@ impl SupervisorMetrics {
                 })
                 .inc_by(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interventions_start_at_zero_so_increase_sees_the_first() {
+        let mut registry = Registry::default();
+        let m = SupervisorMetrics::register(&mut registry);
+        let out = crate::metrics::scrape(&registry);
+        for line in [
+            "triad_interventions_total{monitor=\"progress\",action=\"CancelRequested\"} 0",
+            "triad_interventions_total{monitor=\"budget\",action=\"Escalate\"} 0",
+            "triad_interventions_total{monitor=\"health\",action=\"FenceOut\"} 0",
+        ] {
+            assert!(out.contains(line), "{line} missing in:\n{out}");
+        }
+        m.intervention("progress", "CancelRequested");
+        let out = crate::metrics::scrape(&registry);
+        assert!(
+            out.contains(
+                "triad_interventions_total{monitor=\"progress\",action=\"CancelRequested\"} 1"
+            ),
+            "{out}"
+        );
     }
 }
