@@ -89,15 +89,16 @@ fn condition_true<'a>(
 #[tokio::test]
 async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     let ns = TestNamespace::new("sup-lease").await;
-    let supervisor_started = tokio::time::Instant::now();
     let _sup = start_role(&ns, Role::Supervisor).0;
     let _sched = start_scheduler(&ns);
     create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": {}})).await;
-    create::<WorkItem>(
-        &ns,
-        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-    )
-    .await;
+    for name in ["w", "canary"] {
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": name}, "spec": {"queue": "q"}}),
+        )
+        .await;
+    }
     // A pod standing for the agent; it never schedules (no such node).
     let pods: Api<Pod> = ns.api();
     let pod: Pod = serde_json::from_value(json!({
@@ -112,34 +113,44 @@ async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     .await;
 
     let items: Api<WorkItem> = ns.api();
-    // The supervisor judges no lease before a lease duration since its own start (it
-    // cannot tell a stale lease from one it has not yet watched renew); from then on only
-    // the lease clock counts. Usually already past: the setup above takes that long.
-    tokio::time::sleep_until(supervisor_started + LEASE).await;
-    // The lease's only renewal is its creation.
-    let renewed_at = jiff::Timestamp::now();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-x", &[], None, LEASE)
+    let leases: Api<Lease> = ns.api();
+    // agent-x holds `w` and renews its lease.
+    let lease = AgentLease::acquire(leases.clone(), "agent-x", &[], None, LEASE)
         .await
         .expect("lease");
-    let claimed = claim_as(&items, "w", "agent-x", &lease.name, Some("agent-x")).await;
+    let lease_name = lease.name.clone();
+    let claimed = claim_as(&items, "w", "agent-x", &lease_name, Some("agent-x")).await;
     let fence = Fence::of(&claimed).expect("claimed");
-    drop(lease); // never renewed again
+    let renewing = keep_renewing(lease);
+    // A canary under a lease never renewed: once it is reclaimed, the supervisor is past
+    // the lease duration it waits after its own start (when it judges no lease) and is
+    // judging leases by what it saw change.
+    let canary_lease = AgentLease::acquire(leases.clone(), "agent-c", &[], None, LEASE)
+        .await
+        .expect("lease");
+    let canary = claim_as(&items, "canary", "agent-c", &canary_lease.name, None).await;
+    let canary_epoch = canary.epoch();
+    drop(canary_lease);
+    wait_for(LONG, "the canary reclaimed", || async {
+        let item = items.get("canary").await.ok()?;
+        (item.epoch() > canary_epoch).then_some(())
+    })
+    .await;
+    // Now agent-x goes silent; its last renewal is the one the Lease shows (one in flight
+    // as the renewals stop lands later, which only makes the check below stricter).
+    renewing.abort();
+    let _ = renewing.await;
+    let renewed_at = leases
+        .get(&lease_name)
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.renew_time)
+        .expect("renewTime")
+        .0;
 
-    // Half a lease duration later the agent still holds the item.
-    tokio::time::sleep(LEASE / 2).await;
-    let item = items.get("w").await.expect("item");
-    assert_eq!(
-        item.epoch(),
-        fence.epoch,
-        "not reclaimed before the lease duration"
-    );
-    assert!(
-        item.status
-            .as_ref()
-            .and_then(|s| s.outcome.as_ref())
-            .is_none()
-    );
-
+    // When the supervisor fenced agent-x out is read from its own record below, and must
+    // be a whole lease duration after the last renewal.
     let fenced = wait_for(LONG, "fence-out with LeaseExpired", || async {
         let item = items.get("w").await.ok()?;
         (item.epoch() > fence.epoch).then_some(item)
