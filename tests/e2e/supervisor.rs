@@ -603,43 +603,79 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
     );
 }
 
+/// A supervisor and a scheduler on a queue with `timeouts.attemptSeconds`, and its item
+/// `w` claimed by `agent` under a Lease that keeps being renewed.
+struct TimedAttempt {
+    _ns: TestNamespace,
+    _roles: [tokio::task::JoinHandle<()>; 2],
+    _renew: tokio::task::JoinHandle<()>,
+    metrics: triad::serve::State,
+    items: Api<WorkItem>,
+    claimed: WorkItem,
+    /// Just before the claim was sent.
+    before_claim: jiff::Timestamp,
+}
+
+impl TimedAttempt {
+    async fn start(prefix: &str, agent: &str, attempt_seconds: i64) -> Self {
+        let ns = TestNamespace::new(prefix).await;
+        let (sup, metrics) = start_role(&ns, Role::Supervisor);
+        let roles = [sup, start_scheduler(&ns)];
+        create::<WorkQueue>(
+            &ns,
+            json!({"metadata": {"name": "q"},
+                   "spec": {"timeouts": {"attemptSeconds": attempt_seconds}}}),
+        )
+        .await;
+        create::<WorkItem>(
+            &ns,
+            json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
+        )
+        .await;
+        let items: Api<WorkItem> = ns.api();
+        let lease = AgentLease::acquire(ns.api::<Lease>(), agent, &[], None, LEASE)
+            .await
+            .expect("lease");
+        let lease_name = lease.name.clone();
+        let renew = keep_renewing(lease);
+        let before_claim = jiff::Timestamp::now();
+        let claimed = claim_as(&items, "w", agent, &lease_name, None).await;
+        Self {
+            _ns: ns,
+            _roles: roles,
+            _renew: renew,
+            metrics,
+            items,
+            claimed,
+            before_claim,
+        }
+    }
+
+    /// The item once the supervisor asked its holder to stop, for AttemptTimeout.
+    async fn stopped(&self) -> WorkItem {
+        let item = wait_for(LONG, "CancelRequested for AttemptTimeout", || async {
+            let item = self.items.get("w").await.ok()?;
+            condition_true(&item, conditions::CANCEL_REQUESTED)
+                .is_some()
+                .then_some(item)
+        })
+        .await;
+        let stop = requested_stop(&item).expect("stop");
+        assert_eq!(
+            (stop.end, stop.cause.as_str()),
+            (StopEnd::Retry, "AttemptTimeout")
+        );
+        item
+    }
+}
+
 #[tokio::test]
 async fn an_attempt_past_its_timeout_is_stopped_as_a_violation() {
-    let ns = TestNamespace::new("sup-timeout").await;
-    let (_sup, metrics) = start_role(&ns, Role::Supervisor);
-    let _sched = start_scheduler(&ns);
-    create::<WorkQueue>(
-        &ns,
-        json!({"metadata": {"name": "q"}, "spec": {"timeouts": {"attemptSeconds": 2}}}),
-    )
-    .await;
-    create::<WorkItem>(
-        &ns,
-        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-    )
-    .await;
-    let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-t", &[], None, LEASE)
-        .await
-        .expect("lease");
-    let lease_name = lease.name.clone();
-    let _renew = keep_renewing(lease);
-    claim_as(&items, "w", "agent-t", &lease_name, None).await;
-    let item = wait_for(LONG, "CancelRequested for AttemptTimeout", || async {
-        let item = items.get("w").await.ok()?;
-        condition_true(&item, conditions::CANCEL_REQUESTED)
-            .is_some()
-            .then_some(item)
-    })
-    .await;
-    let stop = requested_stop(&item).expect("stop");
-    assert_eq!(
-        (stop.end, stop.cause.as_str()),
-        (StopEnd::Retry, "AttemptTimeout")
-    );
+    let run = TimedAttempt::start("sup-timeout", "agent-t", 2).await;
+    let item = run.stopped().await;
     assert!(condition_true(&item, conditions::VIOLATION).is_some());
     wait_for(LONG, "violation counted", || async {
-        let text = metrics.encode_metrics();
+        let text = run.metrics.encode_metrics();
         text.contains(r#"triad_violations_total{rule="AttemptTimeout"} 1"#)
             .then_some(())
     })
@@ -905,36 +941,22 @@ async fn attempt_timeouts_are_timed_on_the_supervisors_clock_with_an_agent_clock
 /// ten minutes.
 async fn attempt_timeout_on_the_supervisors_clock(prefix: &str, skew: jiff::SignedDuration) {
     const ATTEMPT_SECONDS: i64 = 4;
-    let ns = TestNamespace::new(prefix).await;
-    let _roles = [start_role(&ns, Role::Supervisor).0, start_scheduler(&ns)];
-    create::<WorkQueue>(
-        &ns,
-        json!({"metadata": {"name": "q"},
-               "spec": {"timeouts": {"attemptSeconds": ATTEMPT_SECONDS}}}),
-    )
-    .await;
-    create::<WorkItem>(
-        &ns,
-        json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-    )
-    .await;
-    let items: Api<WorkItem> = ns.api();
-    let lease = AgentLease::acquire(ns.api::<Lease>(), "agent-c", &[], None, LEASE)
-        .await
-        .expect("lease");
-    let lease_name = lease.name.clone();
-    let _renew = keep_renewing(lease);
-    let before_claim = jiff::Timestamp::now();
-    let claimed = claim_as(&items, "w", "agent-c", &lease_name, None).await;
-    let fence = Fence::of(&claimed).expect("claimed");
+    let run = TimedAttempt::start(prefix, "agent-c", ATTEMPT_SECONDS).await;
+    let before_claim = run.before_claim;
+    let fence = Fence::of(&run.claimed).expect("claimed");
     // The agent's clock stamps every time it writes.
     let skewed = (before_claim + skew).to_string();
-    let mut stamp = claimed.status.and_then(|s| s.claim).expect("claim");
+    let mut stamp = run
+        .claimed
+        .status
+        .clone()
+        .and_then(|s| s.claim)
+        .expect("claim");
     stamp.acquired_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         before_claim + skew,
     ));
     fenced_patch(
-        &items,
+        &run.items,
         "w",
         &fence,
         vec![
@@ -946,15 +968,7 @@ async fn attempt_timeout_on_the_supervisors_clock(prefix: &str, skew: jiff::Sign
     .await
     .expect("the agent's stamps");
 
-    let item = wait_for(LONG, "CancelRequested for AttemptTimeout", || async {
-        let item = items.get("w").await.ok()?;
-        condition_true(&item, conditions::CANCEL_REQUESTED)
-            .is_some()
-            .then_some(item)
-    })
-    .await;
-    let stop = requested_stop(&item).expect("stop");
-    assert_eq!(stop.cause, "AttemptTimeout");
+    let item = run.stopped().await;
     let stopped_at = item
         .status
         .as_ref()
