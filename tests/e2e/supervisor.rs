@@ -206,52 +206,9 @@ async fn a_stale_lease_is_reclaimed_only_after_a_whole_lease_duration() {
     assert!(matches!(late, Err(FenceError::Fenced)), "got {late:?}");
 }
 
-/// A supervisor and a scheduler on a queue with `stallSeconds: 2`, and its item `w`
-/// claimed by `agent` under a Lease that keeps being renewed: the agent is alive, only
-/// its progress is in question.
-struct StallRun {
-    _ns: TestNamespace,
-    _roles: [tokio::task::JoinHandle<()>; 2],
-    _renew: tokio::task::JoinHandle<()>,
-    items: Api<WorkItem>,
-    fence: Fence,
-}
-
-impl StallRun {
-    async fn start(prefix: &str, agent: &str) -> Self {
-        let ns = TestNamespace::new(prefix).await;
-        let roles = [start_role(&ns, Role::Supervisor).0, start_scheduler(&ns)];
-        create::<WorkQueue>(
-            &ns,
-            json!({"metadata": {"name": "q"}, "spec": {"supervision": {"stallSeconds": 2, "cancelGraceSeconds": 2}}}),
-        )
-        .await;
-        create::<WorkItem>(
-            &ns,
-            json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
-        )
-        .await;
-        let items: Api<WorkItem> = ns.api();
-        let lease = AgentLease::acquire(ns.api::<Lease>(), agent, &[], None, LEASE)
-            .await
-            .expect("lease");
-        let lease_name = lease.name.clone();
-        let renew = keep_renewing(lease);
-        let claimed = claim_as(&items, "w", agent, &lease_name, None).await;
-        let fence = Fence::of(&claimed).expect("claimed");
-        Self {
-            _ns: ns,
-            _roles: roles,
-            _renew: renew,
-            items,
-            fence,
-        }
-    }
-}
-
 #[tokio::test]
 async fn no_progress_for_stall_seconds_marks_stalled_and_requests_a_restart() {
-    let run = StallRun::start("sup-stall", "agent-s").await;
+    let run = HeldItem::stalling("sup-stall", "agent-s").await;
     let (items, fence) = (&run.items, &run.fence);
 
     let item = wait_for(LONG, "Stalled and CancelRequested", || async {
@@ -603,30 +560,27 @@ async fn a_reported_violation_escalates_and_the_item_finishes_on_the_escalation_
     );
 }
 
-/// A supervisor and a scheduler on a queue with `timeouts.attemptSeconds`, and its item
-/// `w` claimed by `agent` under a Lease that keeps being renewed.
-struct TimedAttempt {
+/// A supervisor and a scheduler on a queue with `queue_spec`, and its item `w` claimed
+/// by `agent` under a Lease that keeps being renewed: the agent is alive, only its
+/// progress or its time is in question.
+struct HeldItem {
     _ns: TestNamespace,
     _roles: [tokio::task::JoinHandle<()>; 2],
     _renew: tokio::task::JoinHandle<()>,
     metrics: triad::serve::State,
     items: Api<WorkItem>,
     claimed: WorkItem,
+    fence: Fence,
     /// Just before the claim was sent.
     before_claim: jiff::Timestamp,
 }
 
-impl TimedAttempt {
-    async fn start(prefix: &str, agent: &str, attempt_seconds: i64) -> Self {
+impl HeldItem {
+    async fn start(prefix: &str, agent: &str, queue_spec: serde_json::Value) -> Self {
         let ns = TestNamespace::new(prefix).await;
         let (sup, metrics) = start_role(&ns, Role::Supervisor);
         let roles = [sup, start_scheduler(&ns)];
-        create::<WorkQueue>(
-            &ns,
-            json!({"metadata": {"name": "q"},
-                   "spec": {"timeouts": {"attemptSeconds": attempt_seconds}}}),
-        )
-        .await;
+        create::<WorkQueue>(&ns, json!({"metadata": {"name": "q"}, "spec": queue_spec})).await;
         create::<WorkItem>(
             &ns,
             json!({"metadata": {"name": "w"}, "spec": {"queue": "q"}}),
@@ -640,6 +594,7 @@ impl TimedAttempt {
         let renew = keep_renewing(lease);
         let before_claim = jiff::Timestamp::now();
         let claimed = claim_as(&items, "w", agent, &lease_name, None).await;
+        let fence = Fence::of(&claimed).expect("claimed");
         Self {
             _ns: ns,
             _roles: roles,
@@ -647,8 +602,29 @@ impl TimedAttempt {
             metrics,
             items,
             claimed,
+            fence,
             before_claim,
         }
+    }
+
+    /// On a queue with `stallSeconds: 2`.
+    async fn stalling(prefix: &str, agent: &str) -> Self {
+        Self::start(
+            prefix,
+            agent,
+            json!({"supervision": {"stallSeconds": 2, "cancelGraceSeconds": 2}}),
+        )
+        .await
+    }
+
+    /// On a queue with `timeouts.attemptSeconds`.
+    async fn timed(prefix: &str, agent: &str, attempt_seconds: i64) -> Self {
+        Self::start(
+            prefix,
+            agent,
+            json!({"timeouts": {"attemptSeconds": attempt_seconds}}),
+        )
+        .await
     }
 
     /// The item once the supervisor asked its holder to stop, for AttemptTimeout.
@@ -671,7 +647,7 @@ impl TimedAttempt {
 
 #[tokio::test]
 async fn an_attempt_past_its_timeout_is_stopped_as_a_violation() {
-    let run = TimedAttempt::start("sup-timeout", "agent-t", 2).await;
+    let run = HeldItem::timed("sup-timeout", "agent-t", 2).await;
     let item = run.stopped().await;
     assert!(condition_true(&item, conditions::VIOLATION).is_some());
     wait_for(LONG, "violation counted", || async {
@@ -865,7 +841,7 @@ async fn stalls_are_judged_on_the_supervisors_clock_with_an_agent_clock_ahead() 
 /// stalled while it reports, and stalls soon after it stops. Judged by the agent's stamps,
 /// an agent behind would stall at once and one ahead would not stall for ten minutes.
 async fn stalls_on_the_supervisors_clock(prefix: &str, skew: jiff::SignedDuration) {
-    let run = StallRun::start(prefix, "agent-k").await;
+    let run = HeldItem::stalling(prefix, "agent-k").await;
     let (items, fence) = (&run.items, &run.fence);
 
     // The agent reports once a second (as an agent's own timer would), each report
@@ -941,9 +917,9 @@ async fn attempt_timeouts_are_timed_on_the_supervisors_clock_with_an_agent_clock
 /// ten minutes.
 async fn attempt_timeout_on_the_supervisors_clock(prefix: &str, skew: jiff::SignedDuration) {
     const ATTEMPT_SECONDS: i64 = 4;
-    let run = TimedAttempt::start(prefix, "agent-c", ATTEMPT_SECONDS).await;
+    let run = HeldItem::timed(prefix, "agent-c", ATTEMPT_SECONDS).await;
     let before_claim = run.before_claim;
-    let fence = Fence::of(&run.claimed).expect("claimed");
+    let fence = &run.fence;
     // The agent's clock stamps every time it writes.
     let skewed = (before_claim + skew).to_string();
     let mut stamp = run
@@ -958,7 +934,7 @@ async fn attempt_timeout_on_the_supervisors_clock(prefix: &str, skew: jiff::Sign
     fenced_patch(
         &run.items,
         "w",
-        &fence,
+        fence,
         vec![
             set("claim", json!(stamp)),
             set("startedAt", json!(skewed)),
