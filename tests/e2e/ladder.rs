@@ -166,22 +166,26 @@ async fn a_frozen_agent_is_reclaimed_only_after_its_lease_lapses_and_its_writes_
         .await
         .expect("lease");
     let renewed = lease.spec.and_then(|s| s.renew_time).expect("renewTime").0;
-    // Just before a whole lease duration since that renewal the claim must still stand.
-    let almost = renewed + jiff::SignedDuration::from_millis(3700);
-    let wait = almost.duration_since(jiff::Timestamp::now());
-    if wait.is_positive() {
-        tokio::time::sleep(wait.unsigned_abs()).await;
-    }
-    assert_eq!(
-        items.get("slow").await.expect("get").epoch(),
-        epoch,
-        "reclaimed before the lease lapsed"
-    );
     let fenced = wait_for(LONG, "fence-out", || async {
         let i = items.get("slow").await.ok()?;
         (i.epoch() > epoch).then_some(i)
     })
     .await;
+    // Not before a whole lease duration since that renewal, by the supervisor's own
+    // record of when it fenced the agent out (whole seconds).
+    let fenced_at = fenced
+        .status
+        .as_ref()
+        .and_then(|s| s.interventions.iter().find(|i| i.action == "FenceOut"))
+        .map(|i| i.at.0)
+        .expect("the FenceOut intervention");
+    let lapsed =
+        jiff::Timestamp::from_second((renewed + jiff::SignedDuration::from_secs(4)).as_second())
+            .expect("whole second");
+    assert!(
+        fenced_at >= lapsed,
+        "reclaimed at {fenced_at}, before the lease lapsed at {lapsed}"
+    );
     let outcome = fenced.status.and_then(|s| s.outcome).expect("outcome");
     assert_eq!(outcome.kind, OutcomeKind::LeaseExpired);
     agent.signal(libc::SIGCONT);
