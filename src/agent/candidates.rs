@@ -31,7 +31,10 @@ use rand::Rng;
 use tokio::sync::Notify;
 
 use super::config::QueueWeight;
-use crate::api::{Claim, Phase, WorkItem, WorkItemSpec, WorkItemStatus, WorkQueue};
+use crate::api::{
+    CPU_SECONDS, Claim, Counters, Phase, WALL_SECONDS, WorkItem, WorkItemSpec, WorkItemStatus,
+    WorkQueue,
+};
 use crate::core::{ordering, phase, ts};
 use crate::k8s::lease::{AGENT_LEASE_SELECTOR, AGENT_QUEUES_ANNOTATION};
 
@@ -318,6 +321,9 @@ pub struct Cache {
     queues_served: Vec<QueueWeight>,
     stores: Vec<Store>,
     queues: HashMap<String, QueueInfo>,
+    /// Each queue's `defaultBudget` time limits (wall, CPU seconds): what an item without
+    /// its own is held to.
+    queue_time_budgets: HashMap<String, Counters>,
     queues_synced: bool,
     /// The other agents serving any of our queues (from their Leases), and during a
     /// relist of the Lease watch, the ones it has listed so far.
@@ -393,6 +399,13 @@ impl Cache {
         Duration::from_secs(info.cancel_grace_seconds.max(0) as u64)
     }
 
+    /// The time limits of `queue`'s `defaultBudget` (none while the WorkQueue is not seen).
+    pub fn queue_time_budget(&self, queue: Option<&str>) -> Counters {
+        queue
+            .and_then(|q| self.queue_time_budgets.get(q).cloned())
+            .unwrap_or_default()
+    }
+
     pub fn new(me: &str, queues: &[QueueWeight]) -> Self {
         Cache {
             me: me.into(),
@@ -403,6 +416,7 @@ impl Cache {
                 .flat_map(|_| [Store::new(Stream::Spec), Store::new(Stream::Status)])
                 .collect(),
             queues: HashMap::new(),
+            queue_time_budgets: HashMap::new(),
             queues_synced: false,
             peers: HashMap::new(),
             peers_relist: None,
@@ -605,16 +619,28 @@ impl Cache {
             Event::Apply(q) | Event::InitApply(q) => {
                 if let Some(name) = wanted(&q) {
                     self.queues.insert(name.to_owned(), QueueInfo::of(&q));
+                    let time: Counters = q
+                        .spec
+                        .default_budget
+                        .iter()
+                        .filter(|(c, _)| *c == WALL_SECONDS || *c == CPU_SECONDS)
+                        .map(|(c, l)| (c.clone(), *l))
+                        .collect();
+                    self.queue_time_budgets.insert(name.to_owned(), time);
                 }
             }
             Event::Delete(q) => {
                 if let Some(name) = wanted(&q) {
                     self.queues.remove(name);
+                    self.queue_time_budgets.remove(name);
                 }
             }
             // A relist re-applies every queue; entries of deleted queues fall back to
             // the defaults, which is what a missing queue means anyway.
-            Event::Init => self.queues.clear(),
+            Event::Init => {
+                self.queues.clear();
+                self.queue_time_budgets.clear();
+            }
             Event::InitDone => self.queues_synced = true,
         }
     }

@@ -9,7 +9,7 @@ use super::candidates;
 use super::report::ReportState;
 use super::work::Exit;
 use super::writer::Ending;
-use crate::api::{OutcomeKind, WorkItem, find_condition};
+use crate::api::{Counters, OutcomeKind, WorkItem, find_condition};
 use crate::core::supervision::{StopRequest, conditions, of_current_attempt};
 use crate::k8s::fence::Fence;
 
@@ -199,9 +199,94 @@ pub fn contention_after(contention: f64, lost: bool) -> f64 {
     contention * 0.9 + if lost { 0.1 } else { 0.0 }
 }
 
+/// The item's time budgets (`wallSeconds`, `cpuSeconds`: its own, else its queue's
+/// `defaultBudget`) as the agent watches them while the work runs. The agent measures
+/// these two itself; a command that reports nothing would otherwise have them written
+/// only at the periodic refresh, and the supervisor would cut it up to that long after
+/// the budget ran out. Crossing a limit asks for one write at once. Extensions the
+/// supervisor grants only raise limits, so ignoring them costs at most an early write.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TimeBudgetWatch {
+    wall: Option<f64>,
+    cpu: Option<f64>,
+}
+
+impl TimeBudgetWatch {
+    pub fn new(item_budget: &Counters, queue_default: &Counters) -> Self {
+        let limit = |counter: &str| {
+            item_budget
+                .get(counter)
+                .or_else(|| queue_default.get(counter))
+                .copied()
+                .filter(|l| l.is_finite() && *l > 0.0)
+        };
+        Self {
+            wall: limit(crate::api::WALL_SECONDS),
+            cpu: limit(crate::api::CPU_SECONDS),
+        }
+    }
+
+    /// Whether CPU time must be measured now to see a crossing: not while the wall time
+    /// is too short for `cores` to have used the CPU budget.
+    pub fn needs_cpu(&self, wall: f64, cores: f64) -> bool {
+        self.cpu.is_some_and(|l| wall * cores.max(1.0) >= l)
+    }
+
+    /// True once for each limit the measurements reach; the caller then writes usage.
+    pub fn crossed(&mut self, wall: f64, cpu: Option<f64>) -> bool {
+        let mut crossed = false;
+        if self.wall.is_some_and(|l| wall >= l) {
+            self.wall = None;
+            crossed = true;
+        }
+        if let Some(cpu) = cpu
+            && self.cpu.is_some_and(|l| cpu >= l)
+        {
+            self.cpu = None;
+            crossed = true;
+        }
+        crossed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_budgets_ask_for_one_write_when_each_is_crossed() {
+        use crate::api::{CPU_SECONDS, WALL_SECONDS};
+        let item: Counters = [(WALL_SECONDS.to_owned(), 3.0)].into();
+        let queue: Counters = [
+            (WALL_SECONDS.to_owned(), 100.0),
+            (CPU_SECONDS.to_owned(), 2.0),
+            ("tokens".to_owned(), 5.0),
+        ]
+        .into();
+        // The item's own wall limit wins over the queue's; the CPU limit is the queue's.
+        let mut w = TimeBudgetWatch::new(&item, &queue);
+        assert!(!w.crossed(2.9, Some(1.9)));
+        assert!(
+            !w.needs_cpu(0.5, 2.0),
+            "2 cores cannot use 2 CPU-s in 0.5 s"
+        );
+        assert!(w.needs_cpu(1.0, 2.0));
+        assert!(w.crossed(3.0, None), "wall crossed");
+        assert!(!w.crossed(4.0, None), "once");
+        assert!(w.crossed(4.0, Some(2.0)), "CPU crossed");
+        assert!(!w.crossed(9.0, Some(9.0)), "nothing left to watch");
+        // No time budget: nothing to watch, no CPU to measure.
+        let mut none = TimeBudgetWatch::new(&Counters::new(), &Counters::new());
+        assert!(!none.needs_cpu(1e9, 64.0));
+        assert!(!none.crossed(1e9, Some(1e9)));
+        // Nonsense limits are ignored, not crossed at once.
+        let bad: Counters = [
+            (WALL_SECONDS.to_owned(), 0.0),
+            (CPU_SECONDS.to_owned(), f64::NAN),
+        ]
+        .into();
+        assert!(!TimeBudgetWatch::new(&bad, &Counters::new()).crossed(1.0, Some(1.0)));
+    }
     use crate::api::{Claim, MAX_RESULT_BYTES, Phase, WorkItemSpec, WorkItemStatus};
     use jiff::Timestamp;
 

@@ -58,6 +58,10 @@ const TICK: Duration = Duration::from_millis(200);
 /// The runtime's own measurements (wall, CPU) are refreshed at most this often when
 /// the command reports nothing, so budget monitors see long silent runs.
 const MEASURED_REFRESH: Duration = Duration::from_secs(15);
+/// CPUs the work may use at once: CPU time grows at most this much faster than wall time.
+static CORES: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+});
 /// Upper bound on one API write, so a hung connection cannot stall the run loop.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -235,6 +239,17 @@ impl Running {
         match self {
             Running::Local(w, _) => w.cpu_seconds_so_far(),
             Running::Remote(w) => w.cpu_seconds_so_far(),
+        }
+    }
+
+    /// How many CPUs' worth of time the work can use per second of wall time, as far as
+    /// deciding when to measure goes: measuring a local process group reads /proc, so it
+    /// waits until this process's CPUs could have used the budget; the runner's figure is
+    /// already at hand (and its container's CPUs may differ), so it is always read.
+    fn cpu_rate_bound(&self) -> f64 {
+        match self {
+            Running::Local(..) => *CORES,
+            Running::Remote(_) => f64::INFINITY,
         }
     }
 
@@ -539,6 +554,11 @@ impl Agent {
         let name = writer.attempt.name.clone();
         let key = format!("{}/{}", self.cfg.namespace, name);
 
+        // The time budgets, from the full item: the slim view drops its budget.
+        let mut time_budget = decide::TimeBudgetWatch::new(
+            &item.spec.budget,
+            &lock(&self.cache).queue_time_budget(item.effective_queue()),
+        );
         // Too large or nested too deep: fails without running.
         let payload = work::work_input(item.spec.payload.as_ref());
         // From here on only the slim view is kept: the payload lives in `payload` only.
@@ -647,7 +667,14 @@ impl Agent {
                     && last_write.elapsed() >= self.cfg.progress_interval;
                 let refresh =
                     last_write.elapsed() >= MEASURED_REFRESH.max(self.cfg.progress_interval);
-                if due || refresh {
+                // A time budget just ran out: write the measurements now, so the
+                // supervisor acts on it without waiting for the refresh.
+                let wall = work.elapsed().as_secs_f64();
+                let cpu = time_budget
+                    .needs_cpu(wall, work.cpu_rate_bound())
+                    .then(|| work.cpu_seconds_so_far());
+                let over_time = time_budget.crossed(wall, cpu);
+                if due || refresh || over_time {
                     last_write = Instant::now();
                     match self
                         .write_progress(&writer, &mut reports, &view, &work)

@@ -188,6 +188,12 @@ async fn assert_cut_by(cut: &Cut, counter: &str, limit: f64) {
         used >= limit,
         "{counter} recorded {used}, at least the budget of {limit}"
     );
+    // Cut soon after the budget ran out: the agent writes its measurements as a time
+    // budget is crossed, not only at its 15 s refresh (which would record 15 or more).
+    assert!(
+        used < limit + 9.0,
+        "{counter} recorded {used}: the work ran far past its budget of {limit}"
+    );
     let proc_dir = format!("/proc/{}", cut.pid);
     wait_for(
         Duration::from_secs(10),
