@@ -227,20 +227,33 @@ async fn wall_and_cpu_budgets_cut_a_command_that_reports_nothing() {
             "payload": {"mode": "nap"}}}),
     )
     .await;
+    // No budget of its own: its queue's defaultBudget holds it.
+    create::<WorkQueue>(
+        &ns,
+        json!({"metadata": {"name": "qd"}, "spec": {"defaultBudget": {"wallSeconds": 3},
+            "supervision": {"onBudgetExceeded": "Cancel", "cancelGraceSeconds": 2}}}),
+    )
+    .await;
+    create::<WorkItem>(
+        &ns,
+        json!({"metadata": {"name": "doze"}, "spec": {"queue": "qd", "payload": {"mode": "nap"}}}),
+    )
+    .await;
     let dir = scratch_dir("timebudget");
     let script = format!(
         r#"echo $$ > "{dir}/${{TRIAD_ITEM#*/}}.pid"
 case "$TRIAD_PAYLOAD" in *spin*) while :; do :; done;; *) exec sleep 100000;; esac"#,
         dir = dir.display()
     );
-    // One agent per item, so both run at once.
-    let _agents: Vec<Agent> = (0..2)
-        .map(|i| {
+    // One agent per item, so all run at once.
+    let _agents: Vec<Agent> = [("worker-0", "q"), ("worker-1", "q"), ("worker-d", "qd")]
+        .into_iter()
+        .map(|(name, queue)| {
             Agent::start(
                 &ns,
                 &dir,
-                &format!("worker-{i}"),
-                &[],
+                name,
+                &[("TRIAD_QUEUES", queue)],
                 &["sh", "-c", &script],
             )
         })
@@ -248,7 +261,8 @@ case "$TRIAD_PAYLOAD" in *spin*) while :; do :; done;; *) exec sleep 100000;; es
     let api: Api<WorkItem> = ns.api();
     let spin = cut(&api, &dir, "spin").await;
     let nap = cut(&api, &dir, "nap").await;
-    for c in [&spin, &nap] {
+    let doze = cut(&api, &dir, "doze").await;
+    for c in [&spin, &nap, &doze] {
         let s = c.item.status.as_ref();
         eprintln!(
             "{}: usage {:?}, lastError {:?}",
@@ -259,6 +273,7 @@ case "$TRIAD_PAYLOAD" in *spin*) while :; do :; done;; *) exec sleep 100000;; es
     }
     assert_cut_by(&spin, "cpuSeconds", 2.0).await;
     assert_cut_by(&nap, "wallSeconds", 3.0).await;
+    assert_cut_by(&doze, "wallSeconds", 3.0).await;
     // The sleeper used next to no CPU: the wall budget, not a CPU one, cut it.
     let nap_cpu = nap
         .item
