@@ -165,9 +165,11 @@ for name in "${!SETS[@]}"; do
   echo "  $name: $(wc -l <"$WORK/$name.out") objects accepted" >&2
 done
 # The admission policy's CEL must type-check against the WorkItem schema: create it for
-# real (no binding, so it enforces nothing) and read the API server's verdict.
+# real (no binding, so it enforces nothing) and read the API server's verdict. (awk reads
+# to the end rather than exit at the first policy's end: an early exit lets helm die of
+# SIGPIPE, which pipefail turns into a failed lint.)
 helm template triad "$CHART" --show-only templates/agent-policy.yaml |
-  awk '/^kind: ValidatingAdmissionPolicy$/{p=1} /^---/{if(p)exit} p' |
+  awk '/^kind: ValidatingAdmissionPolicy$/{if(!done)p=1} /^---/{if(p){p=0;done=1}} p' |
   sed '1i apiVersion: admissionregistration.k8s.io/v1' |
   sed 's/^  name: triad-agent-writes$/  name: triad-lint-agent-writes/' >"$WORK/vap.yaml"
 kubectl apply -f "$WORK/vap.yaml" >/dev/null
