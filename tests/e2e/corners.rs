@@ -119,12 +119,12 @@ async fn items_created_within_one_second_are_claimed_in_creation_order() {
         (claims(&dir) == ["blocker"]).then_some(())
     })
     .await;
-    // Eight items 100 ms apart, so most share a creation second with others, named so
-    // that neither name order nor reverse name order is creation order.
+    // Eight items created one after another (each create returns before the next is
+    // sent, so creation order is defined), milliseconds apart: they share creation
+    // seconds. Named so that name order is the reverse of creation order.
     let created: Vec<String> = (0..8).map(|i| format!("fifo-{}", 7 - i)).collect();
     for name in &created {
         create_items(&api, &[(name.clone(), "q")]).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Writes while they wait, newest first (as a user's `kubectl label` or the
     // scheduler's "position N" would): their resourceVersions are now out of creation
